@@ -1,0 +1,205 @@
+"""
+The `churnwatch` command: wires settings, the core and the adapters together.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from churnwatch.core.errors import ConfigError
+from churnwatch.settings import CoreSettings
+
+
+def _policy(settings: CoreSettings):  # type: ignore[no-untyped-def]
+    try:
+        return settings.to_policy()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(package_name="churnwatch")
+def main() -> None:
+    """churnwatch: who is slipping, why, and early enough to act."""
+
+
+@main.command()
+@click.option("--customers", default=20_000, show_default=True, help="Simulated customers.")
+@click.option("--days", default=180, show_default=True, help="Simulated days.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same output).")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Rules file (default: the packaged rules/default.yaml).")
+@click.option("--malformed-rate", default=0.001, show_default=True,
+              help="Share of malformed records mixed in.")
+@click.option("--duplicate-rate", default=0.002, show_default=True,
+              help="Share of events redelivered.")
+@click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every alert as JSONL, as the workers would publish it.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def demo(customers: int, days: int, seed: int, rules_file: Path | None, malformed_rate: float,
+         duplicate_rate: float, alerts_out: Path | None, quiet: bool) -> None:
+    """Simulate customers and show what churnwatch would have alerted on (no services)."""
+    from datetime import timedelta
+
+    from churnwatch.console import progress_counter, render_demo
+    from churnwatch.replay.demo import run_demo
+    from churnwatch.sim import SimConfig
+
+    settings = CoreSettings(rules_file=rules_file) if rules_file else CoreSettings()
+    policy = _policy(settings)
+    config = SimConfig(customers=customers, days=days, seed=seed, malformed_rate=malformed_rate,
+                       duplicate_rate=duplicate_rate, disorder=timedelta(minutes=5))
+    out = Console()
+    err = Console(stderr=True)
+    out.print(f"[bold]churnwatch demo[/bold]: {customers:,} customers over {days} days, seed {seed}")
+    handle = alerts_out.open("wb") if alerts_out else None
+    try:
+        if quiet:
+            result = run_demo(config, policy, alerts_out=handle)
+        else:
+            with progress_counter(err, "replaying") as update:
+                result = run_demo(config, policy, alerts_out=handle, progress=update)
+    finally:
+        if handle:
+            handle.close()
+    render_demo(out, result, horizon_days=policy.config.horizon / timedelta(days=1))
+
+
+@main.command()
+@click.option("--customers", default=20_000, show_default=True)
+@click.option("--days", default=180, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for events.jsonl and labels.csv.")
+@click.option("--malformed-rate", default=0.0, show_default=True)
+@click.option("--duplicate-rate", default=0.0, show_default=True)
+@click.option("--disorder-minutes", default=0.0, show_default=True,
+              help="Events may be emitted up to this many minutes late.")
+def simulate(customers: int, days: int, seed: int, out_dir: Path, malformed_rate: float,
+             duplicate_rate: float, disorder_minutes: float) -> None:
+    """Write a simulated history (events.jsonl) and its ground truth (labels.csv)."""
+    from datetime import timedelta
+
+    from churnwatch.console import progress_counter
+    from churnwatch.sim import SimConfig, write_simulation
+
+    config = SimConfig(customers=customers, days=days, seed=seed, malformed_rate=malformed_rate,
+                       duplicate_rate=duplicate_rate, disorder=timedelta(minutes=disorder_minutes))
+    with progress_counter(Console(stderr=True), "simulating") as update:
+        summary = write_simulation(config, out_dir, progress=update)
+    click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}: {summary}")
+
+
+@main.command()
+@click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rules", "rules_file", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every alert as JSONL, as the workers would publish it.")
+@click.option("--dead-letters-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write dead-lettered records as JSONL (reason, message, original bytes).")
+@click.option("--partitions", default=None, type=int,
+              help="Mirror this many topic partitions (one watermark each).")
+def replay(events: Path, rules_file: Path | None, alerts_out: Path | None,
+           dead_letters_out: Path | None, partitions: int | None) -> None:
+    """Run the core over a JSONL file of events, in file order, as the workers would."""
+    import base64
+
+    import orjson
+
+    from churnwatch.console import counts_table, progress_counter
+    from churnwatch.core.alerts import AlertRecord, alert_to_json
+    from churnwatch.replay.engine import DeadLetter, Replay, read_records
+
+    settings = CoreSettings(rules_file=rules_file) if rules_file else CoreSettings()
+    policy = _policy(settings)
+    alerts_handle = alerts_out.open("wb") if alerts_out else None
+    dead_handle = dead_letters_out.open("wb") if dead_letters_out else None
+
+    def on_alert(alert: AlertRecord) -> None:
+        if alerts_handle:
+            alerts_handle.write(alert_to_json(alert) + b"\n")
+
+    def on_dead(letter: DeadLetter) -> None:
+        if dead_handle:
+            dead_handle.write(orjson.dumps({
+                "position": letter.position, "reason": letter.reason, "message": letter.message,
+                "original_b64": base64.b64encode(letter.raw).decode(),
+            }) + b"\n")
+
+    engine = Replay(policy, partitions=partitions or settings.partitions,
+                    on_alert=on_alert, on_dead_letter=on_dead)
+    try:
+        with progress_counter(Console(stderr=True), "replaying") as update:
+            for i, raw in enumerate(read_records(str(events)), 1):
+                engine.feed(raw)
+                if i % 20_000 == 0:
+                    update(i)
+            engine.finish()
+    finally:
+        for handle in (alerts_handle, dead_handle):
+            if handle:
+                handle.close()
+    Console().print(counts_table(engine.counts))
+
+
+@main.group()
+def rules() -> None:
+    """Rules files."""
+
+
+@rules.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def rules_check(files: tuple[Path, ...]) -> None:
+    """Validate rules files; errors name the file, the line and the field."""
+    from churnwatch.core.rules import load_rules, rules_fingerprint
+
+    failed = False
+    for path in files:
+        try:
+            loaded = load_rules(path)
+        except ConfigError as exc:
+            failed = True
+            click.echo(str(exc), err=True)
+        else:
+            click.echo(f"{path}: ok (version {rules_fingerprint(loaded)})")
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def schemas() -> None:
+    """JSON Schemas of the event and alert contracts."""
+
+
+@schemas.command("export")
+@click.option("--dir", "directory", default="schemas", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write the JSON Schemas generated from the models."""
+    from churnwatch.schemas import export
+
+    for path in export(directory):
+        click.echo(f"wrote {path}")
+
+
+@schemas.command("check")
+@click.option("--dir", "directory", default="schemas", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+def schemas_check(directory: Path) -> None:
+    """Fail when the schema files differ from the models."""
+    from churnwatch.schemas import drift
+
+    problems = drift(directory)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{directory}: in sync")
+
+
+if __name__ == "__main__":
+    main()

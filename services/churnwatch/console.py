@@ -1,0 +1,112 @@
+"""
+Terminal rendering of results (rich tables); the only place that formats for humans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from churnwatch.replay.demo import DemoResult
+from churnwatch.replay.engine import Counts
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+@contextmanager
+def progress_counter(
+    console: Console, label: str, total: int | None = None
+) -> Iterator[Callable[[int], None]]:
+    """A progress display on stderr; yields a function taking the count done so far."""
+    columns = [
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn() if total else TextColumn(""),
+        TextColumn("{task.completed:,.0f} records"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+
+        def update(done: int) -> None:
+            progress.update(task, completed=done)
+
+        yield update
+
+
+def counts_table(counts: Counts) -> Table:
+    table = Table(title="Records", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("consumed", f"{counts.consumed:,}")
+    table.add_row("processed", f"{counts.processed:,}")
+    table.add_row("duplicates (skipped by event_id)", f"{counts.duplicates:,}")
+    table.add_row("dead-lettered", f"{counts.dead_lettered:,}")
+    for reason, n in sorted(counts.by_reason.items()):
+        table.add_row(f"  - {reason}", f"{n:,}")
+    table.add_row("alerts", f"{counts.alerts:,}")
+    table.add_row("training examples resolved", f"{counts.examples:,}")
+    balanced = "yes" if counts.balanced() else "NO"
+    table.caption = f"consumed == processed + duplicates + dead-lettered: {balanced}"
+    return table
+
+
+def render_demo(console: Console, result: DemoResult, *, horizon_days: float) -> None:
+    ev = result.evaluation
+    console.print(counts_table(result.counts))
+
+    alerts = Table(title="Alerts by rule and by action", header_style="bold")
+    alerts.add_column("rule")
+    alerts.add_column("alerts", justify="right")
+    for rule, n in sorted(result.log.by_rule.items(), key=lambda kv: (-kv[1], kv[0])):
+        alerts.add_row(rule, f"{n:,}")
+    alerts.add_section()
+    for action, n in sorted(result.log.by_action.items()):
+        alerts.add_row(f"action: {action}", f"{n:,}")
+    console.print(alerts)
+
+    quality = Table(title="How well and how early", header_style="bold")
+    quality.add_column("measure")
+    quality.add_column("value", justify="right")
+    quality.add_row("customers seen", f"{ev.customers:,}")
+    quality.add_row("churners (ground truth)", f"{ev.churners:,}")
+    quality.add_row("customers alerted", f"{ev.alerted:,}")
+    quality.add_row("alert precision (alerted customers who churned)", _fmt(ev.precision, ".1%"))
+    quality.add_row("alert recall (churners alerted in time)", _fmt(ev.recall, ".1%"))
+    quality.add_row("lead time p10 / median / p90 (days)",
+        f"{_fmt(ev.lead_days_p10, '.1f')} / {_fmt(ev.lead_days_p50, '.1f')} / {_fmt(ev.lead_days_p90, '.1f')}")
+    quality.add_row("model AUC (progressive, predict before learn)", _fmt(result.auc_model))
+    quality.add_row("prior-only AUC (rules points)", _fmt(result.auc_prior))
+    quality.add_row("blended score AUC", _fmt(result.auc_blended))
+    quality.add_row("resolved labels learned", f"{result.labels:,}")
+    quality.caption = (
+        f"A churner is lost {horizon_days:g} days after its last activity (or when it cancels); "
+        f"an alert is in time between {horizon_days:g} days before the last activity and then. "
+        f"Lead time is counted to the moment the customer is lost."
+    )
+    console.print(quality)
+
+    console.print("[bold]Example alerts[/bold]")
+    for alert in result.examples:
+        console.print(
+            f"  [cyan]{alert.customer_id}[/cyan] {alert.rule} ({alert.severity}, {alert.action}, "
+            f"{alert.segment}) at {alert.event_ts:%Y-%m-%d}: score {alert.score:.0f}"
+            + (f" (was {alert.previous_score:.0f})" if alert.previous_score is not None else "")
+        )
+        console.print(f"    {alert.summary}")
+    if result.dead_letters:
+        console.print("[bold]Dead-lettered, first few[/bold]")
+        for letter in result.dead_letters[:5]:
+            console.print(f"  record {letter.position}: {letter.reason}: {letter.message}")
+    console.print(
+        f"model {result.model_version}, rules {result.rules_version}, "
+        f"{result.counts.consumed:,} records in {result.seconds:.1f} s "
+        f"({result.counts.consumed / max(result.seconds, 1e-9):,.0f} records/s)"
+    )

@@ -1,0 +1,436 @@
+"""
+The per-customer step: one event in, the new state, alerts and training examples out.
+
+This is the function the streaming workers, the replay and the demo all call. It reads no
+clock: the event's `ts`, the watermark and the sweep's due time are the only times it knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Final, Literal, Protocol
+
+from churnwatch.core import alerts as al
+from churnwatch.core import explain
+from churnwatch.core import features as feats
+from churnwatch.core.events import DEFAULT_MAX_EVENT_BYTES, EPOCH, Event
+from churnwatch.core.labels import (
+    Example,
+    Snapshot,
+    resolve_on_activity,
+    resolve_on_cancel,
+    resolve_on_silence,
+)
+from churnwatch.core.model import ModelConfig, blend, engagement_score, model_weight
+from churnwatch.core.rules import RulesFile, prior_points, route, rules_fingerprint, segment_of
+from churnwatch.core.state import Anchor, CustomerState
+
+_DAY: Final = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """
+    The knobs of the core; built from settings by the shell, never read from the environment.
+    """
+
+    horizon: timedelta = timedelta(days=30)
+    """Label horizon H: silent this long after a snapshot means churned."""
+    lateness: timedelta = timedelta(hours=1)
+    """Allowed lateness: the watermark is the largest event time seen less this."""
+    max_future: timedelta = timedelta(days=1)
+    """Events later than the largest event time seen plus this are rejected."""
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    snapshot_every: timedelta = timedelta(days=7)
+    """At most one periodic training snapshot per customer per this long."""
+    silence_checkpoints: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=14))
+    """Times into a silence at which the sweep re-scores the customer and takes a snapshot."""
+    anchor_every: timedelta = timedelta(days=7)
+    """Changes are explained against a score one to two of these back."""
+    model_epoch: timedelta = timedelta(days=1)
+    """Scorers use the model as learned up to the start of the current epoch (event time)."""
+    top_reasons: int = 3
+    features: feats.FeatureConfig = field(default_factory=feats.FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The rules, their version and the engine config: everything a decision depends on."""
+
+    rules: RulesFile
+    rules_version: str
+    config: EngineConfig
+
+    @classmethod
+    def build(cls, rules: RulesFile, config: EngineConfig | None = None) -> Policy:
+        return cls(rules, rules_fingerprint(rules), config or EngineConfig())
+
+
+class ModelView(Protocol):
+    """What scoring needs of a model (the `Scorer` of core.model satisfies it)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def n_labels(self) -> int: ...
+
+    def predict_one(self, x: Mapping[str, float]) -> float: ...
+
+    def contributions(self, x: Mapping[str, float]) -> dict[str, float]: ...
+
+
+ModelFor = Callable[[datetime], ModelView]
+"""The model to score with at a given event time (scorers switch models per epoch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """One scoring of one customer."""
+
+    at: datetime
+    churn_probability: float
+    score: float
+    prior_probability: float
+    model_probability: float | None
+    model_weight: float
+    onboarding: bool
+    segment: str
+    factors: Mapping[str, float]
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step produced: the new state and the effects for the shell to carry out."""
+
+    state: CustomerState
+    outcome: Literal["processed", "duplicate", "idle"]
+    alerts: tuple[al.AlertRecord, ...] = ()
+    examples: tuple[Example, ...] = ()
+    scoring: Scoring | None = None
+
+
+def _days(at: datetime) -> float:
+    return (at - EPOCH) / _DAY
+
+
+def score_at(
+    features: feats.Features, *, at: datetime, model: ModelView, policy: Policy
+) -> tuple[dict[str, float], Scoring]:
+    """
+    Score a customer's features as of `at`: the prior's points blended with the model.
+
+    Args:
+        features: the customer's features.
+        at: the event time to score at (features are decayed to it).
+        model: the learned model for this epoch.
+        policy: rules and config.
+
+    Returns:
+        The feature vector and the scoring. Customers still onboarding (rules file,
+        `onboarding`) are scored by the onboarding profile alone: cold start is explicit.
+    """
+    cfg = policy.config
+    x = feats.vector(features, at=at, config=cfg.features)
+    prior = prior_points(policy.rules, x)
+    weight = 0.0 if prior.onboarding else model_weight(model.n_labels, cfg.model)
+    prior_factors: dict[str, float] = {}
+    for hit in prior.hits:
+        prior_factors[hit.feature] = prior_factors.get(hit.feature, 0.0) - hit.points / 100.0
+    model_p: float | None = None
+    model_factors: dict[str, float] = {}
+    p = prior.churn_probability
+    if weight > 0.0:
+        model_p = model.predict_one(x)
+        model_factors = explain.model_factors(model_p, model.contributions(x))
+        p = blend(prior.churn_probability, model_p, n_labels=model.n_labels, config=cfg.model)
+    scoring = Scoring(
+        at=at,
+        churn_probability=p,
+        score=engagement_score(p),
+        prior_probability=prior.churn_probability,
+        model_probability=model_p,
+        model_weight=weight,
+        onboarding=prior.onboarding,
+        segment=segment_of(policy.rules, x["ltv"]),
+        factors=explain.blend_factors(model_factors, prior_factors, weight=weight),
+        model_version=model.version,
+    )
+    return x, scoring
+
+
+def _avg_purchase_gap_days(f: feats.Features) -> float:
+    if f.purchase_count < 2 or f.first_purchase_day is None or f.last_purchase_day is None:
+        return 0.0
+    return (f.last_purchase_day - f.first_purchase_day) / (f.purchase_count - 1)
+
+
+def _rescore_points(state: CustomerState, policy: Policy) -> list[datetime]:
+    """The sweep's re-scoring times in the current silence: checkpoints and the inactivity rule."""
+    last = state.last_activity_at
+    if last is None or state.cancelled_at is not None:
+        return []
+    points = [last + c for c in policy.config.silence_checkpoints]
+    points.append(
+        al.inactivity_due_at(
+            last,
+            avg_purchase_gap_days=_avg_purchase_gap_days(state.features),
+            rules=policy.rules,
+        )
+    )
+    return points
+
+
+def next_due_at(state: CustomerState, policy: Policy) -> datetime | None:
+    """
+    The next event time at which the sweep has work for this customer (a silence checkpoint,
+    the inactivity rule, or a snapshot whose horizon runs out), or None.
+    """
+    after = state.swept_at or state.last_activity_at
+    if after is None:
+        return None
+    horizon = policy.config.horizon
+    candidates = [t for t in _rescore_points(state, policy) if t > after]
+    candidates.extend(s.taken_at + horizon for s in state.pending if s.taken_at + horizon > after)
+    return min(candidates) if candidates else None
+
+
+def _advance_anchor(state: CustomerState, scoring: Scoring, policy: Policy) -> CustomerState:
+    current = Anchor(scoring.at, scoring.score, scoring.churn_probability, scoring.factors)
+    nxt = state.next_anchor
+    if nxt is None:
+        return replace(state, next_anchor=current)
+    if scoring.at - nxt.at >= policy.config.anchor_every:
+        return replace(state, anchor=nxt, next_anchor=current)
+    return state
+
+
+def _reference(state: CustomerState) -> Anchor | None:
+    return state.anchor or state.next_anchor
+
+
+def _decide(
+    state: CustomerState,
+    scoring: Scoring,
+    x: Mapping[str, float],
+    extra: list[al.Decision],
+    extra_states: Mapping[str, al.RuleState],
+    *,
+    emitted_at: datetime,
+    policy: Policy,
+) -> tuple[CustomerState, list[al.AlertRecord]]:
+    """Apply a scoring: score and decline rules, the given extra decisions, anchors, alerts."""
+    rules = policy.rules
+    at = scoring.at
+    ref = _reference(state)
+    rule_states = dict(state.rules)
+    rule_states.update(extra_states)
+    changed, decisions = al.evaluate_score(
+        rule_states, score=scoring.score, segment=scoring.segment, at=at, rules=rules
+    )
+    rule_states.update(changed)
+    changed, declines = al.evaluate_decline(
+        rule_states,
+        score=scoring.score,
+        anchor_score=None if ref is None else ref.score,
+        anchor_at=None if ref is None else ref.at,
+        at=at,
+        rules=rules,
+    )
+    rule_states.update(changed)
+    records: list[al.AlertRecord] = []
+    for decision in [*extra, *decisions, *declines]:
+        before = ref.factors if ref is not None else {}
+        change = scoring.churn_probability - (ref.churn_probability if ref is not None else 0.0)
+        items = explain.reasons(
+            scoring.factors, before, change=change, x=x, top=policy.config.top_reasons
+        )
+        records.append(
+            al.AlertRecord(
+                alert_id=al.alert_id_for(state.customer_id, decision.rule, decision.decided_at),
+                customer_id=state.customer_id,
+                rule=decision.rule,
+                severity=decision.severity,
+                action=route(
+                    rules, segment=scoring.segment, severity=decision.severity, rule=decision.rule
+                ),
+                score=round(scoring.score, 2),
+                previous_score=None if ref is None else round(ref.score, 2),
+                threshold=None if decision.threshold is None else round(decision.threshold, 2),
+                churn_probability=round(scoring.churn_probability, 4),
+                reasons=items,
+                summary=explain.summary(round(change, 4), items),
+                segment=scoring.segment,
+                event_ts=decision.decided_at,
+                emitted_at=emitted_at,
+                model_version=scoring.model_version,
+                rules_version=policy.rules_version,
+            )
+        )
+    state = replace(
+        state,
+        scored_at=at,
+        score=scoring.score,
+        churn_probability=scoring.churn_probability,
+        segment=scoring.segment,
+        factors=scoring.factors,
+        rules=rule_states,
+        alerts=state.alerts + len(records),
+    )
+    return _advance_anchor(state, scoring, policy), records
+
+
+def sweep_one(
+    state: CustomerState,
+    *,
+    until: datetime,
+    model_for: ModelFor,
+    policy: Policy,
+    inclusive: bool = True,
+) -> StepResult:
+    """
+    Carry a quiet customer forward to `until` in event time.
+
+    Every checkpoint of the current silence that falls before `until` is handled at its own
+    time: snapshots whose horizon ran out become positive examples, the customer is re-scored
+    at the silence checkpoints (with a training snapshot) and at the inactivity rule's time
+    (which may fire). Alerts decided here carry the checkpoint as `event_ts` and `emitted_at`,
+    so the result does not depend on how often the sweep runs.
+
+    Args:
+        state: the customer's state.
+        until: handle checkpoints up to this event time (the watermark, or the time of the
+            customer's next event).
+        model_for: the model per event time.
+        policy: rules and config.
+        inclusive: whether a checkpoint exactly at `until` is handled.
+    """
+    records: list[al.AlertRecord] = []
+    examples: list[Example] = []
+    scoring: Scoring | None = None
+    horizon = policy.config.horizon
+    while True:
+        due = next_due_at(state, policy)
+        if due is None or due > until or (due == until and not inclusive):
+            break
+        pending, expired = resolve_on_silence(
+            state.customer_id, state.pending, watermark=due, horizon=horizon
+        )
+        examples.extend(expired)
+        state = replace(state, pending=pending, swept_at=due)
+        last = state.last_activity_at
+        if due not in _rescore_points(state, policy) or last is None:
+            continue
+        x, scoring = score_at(state.features, at=due, model=model_for(due), policy=policy)
+        extra: list[al.Decision] = []
+        extra_states: dict[str, al.RuleState] = {}
+        inactive_at = al.inactivity_due_at(
+            last, avg_purchase_gap_days=_avg_purchase_gap_days(state.features), rules=policy.rules
+        )
+        if due == inactive_at:
+            extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
+        if due - last in policy.config.silence_checkpoints:
+            state = replace(state, pending=(*state.pending, Snapshot(due, "silence", x)))
+        state, made = _decide(
+            state, scoring, x, extra, extra_states, emitted_at=due, policy=policy
+        )
+        records.extend(made)
+    outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
+    return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
+
+
+def process_event(
+    state: CustomerState | None,
+    event: Event,
+    *,
+    watermark: datetime,
+    model_for: ModelFor,
+    policy: Policy,
+) -> StepResult:
+    """
+    Apply one validated event to its customer's state.
+
+    Args:
+        state: the customer's state, or None for a customer never seen.
+        event: the event (its customer is `state`'s).
+        watermark: the partition's watermark after this event (largest event time seen less
+            the allowed lateness); the alerts' `emitted_at`, and the bound below which
+            remembered event ids are forgotten (older events are rejected before this step).
+        model_for: the model per event time.
+        policy: rules and config.
+
+    Returns:
+        The new state and its effects. A redelivered `event_id` gives outcome `duplicate`
+        and the state unchanged.
+    """
+    if state is None:
+        state = CustomerState(event.customer_id)
+    if event.event_id in state.seen:
+        return StepResult(state, "duplicate")
+    cfg = policy.config
+    records: list[al.AlertRecord] = []
+    examples: list[Example] = []
+    if state.last_activity_at is not None and event.ts > state.last_activity_at:
+        caught = sweep_one(
+            state, until=event.ts, model_for=model_for, policy=policy, inclusive=False
+        )
+        state = caught.state
+        records.extend(caught.alerts)
+        examples.extend(caught.examples)
+
+    previous = state.last_activity_at
+    last = event.ts if previous is None else max(previous, event.ts)
+    features = feats.update_one(state.features, event, config=cfg.features)
+    rule_states = dict(state.rules)
+    if event.type == "cancel":
+        examples.extend(resolve_on_cancel(state.customer_id, state.pending, at=event.ts))
+        pending: tuple[Snapshot, ...] = ()
+        cancelled_at: datetime | None = event.ts
+    else:
+        pending, resolved = resolve_on_activity(
+            state.customer_id, state.pending, at=event.ts, horizon=cfg.horizon
+        )
+        examples.extend(resolved)
+        cancelled_at = None
+        rule_states.update(al.rearm_inactivity(rule_states, rules=policy.rules))
+
+    seen_floor = _days(watermark)
+    seen = {eid: day for eid, day in state.seen.items() if day >= seen_floor}
+    seen[event.event_id] = _days(event.ts)
+    state = replace(
+        state,
+        features=features,
+        last_activity_at=last,
+        swept_at=last if previous is None or last > previous else state.swept_at,
+        pending=pending,
+        rules=rule_states,
+        seen=dict(sorted(seen.items())),
+        cancelled_at=cancelled_at,
+    )
+
+    x, scoring = score_at(features, at=last, model=model_for(last), policy=policy)
+    extra: list[al.Decision] = []
+    extra_states: dict[str, al.RuleState] = {}
+    if event.type != "cancel":
+        extra_states, extra = al.evaluate_event(state.rules, event, rules=policy.rules)
+        kind: Literal["sample", "event"] = "event"
+        resampled = any(s.taken_at == last and s.kind == "sample" for s in state.pending)
+        if (
+            resampled
+            or state.last_sample_at is None
+            or last - state.last_sample_at >= cfg.snapshot_every
+        ):
+            kind = "sample"
+            state = replace(state, last_sample_at=last)
+        kept = tuple(s for s in state.pending if s.kind != "event" and s.taken_at != last)
+        state = replace(state, pending=(*kept, Snapshot(last, kind, x)))
+    state, made = _decide(
+        state, scoring, x, extra, extra_states, emitted_at=watermark, policy=policy
+    )
+    records.extend(made)
+    return StepResult(state, "processed", tuple(records), tuple(examples), scoring)
+

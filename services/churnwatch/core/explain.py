@@ -1,0 +1,168 @@
+"""
+Explanations: which factors moved a customer's churn probability, in plain words with numbers.
+
+A scoring produces `factors`: for every feature, its signed share of the churn probability
+(in probability units) relative to the model's and the prior's baseline. An alert's reasons
+are the factors' change between the anchor (the score one to two weeks earlier) and now,
+scaled so that they add up to the change of the probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from churnwatch.core.alerts import Reason
+
+_EPS: Final = 1e-9
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def model_factors(model_probability: float, contributions: Mapping[str, float]) -> dict[str, float]:
+    """
+    Split the model's probability above its baseline among the features.
+
+    The model's logit is its bias plus the sum of the contributions; the baseline is the
+    probability at the bias alone. The difference is shared in proportion to each feature's
+    contribution to the logit.
+    """
+    total = sum(contributions.values())
+    if abs(total) < _EPS:
+        return {}
+    base = _sigmoid(_logit(model_probability) - total)
+    spread = model_probability - base
+    return {name: spread * c / total for name, c in contributions.items() if c != 0.0}
+
+
+def blend_factors(
+    model: Mapping[str, float], prior: Mapping[str, float], *, weight: float
+) -> dict[str, float]:
+    """
+    The factors of the blended probability: `weight` of the model's, the rest of the prior's.
+    """
+    names = set(model) | set(prior)
+    out: dict[str, float] = {}
+    for name in sorted(names):
+        value = weight * model.get(name, 0.0) + (1 - weight) * prior.get(name, 0.0)
+        if value != 0.0:
+            out[name] = value
+    return out
+
+
+def _pct(value: float) -> float:
+    return abs(1.0 - value) * 100
+
+
+def _trend(noun: str, window: str) -> Callable[[float], str]:
+    def text(v: float) -> str:
+        way = "down" if v < 1 else "up"
+        return f"{noun} {way} {_pct(v):.0f}% vs. the {window} average"
+
+    return text
+
+
+def _plural(n: float, one: str, many: str | None = None) -> str:
+    count = round(n)
+    word = one if count == 1 else (many or one + "s")
+    return f"{count} {word}"
+
+
+_TEXTS: Final[dict[str, Callable[[float], str]]] = {
+    "days_since_event": lambda v: f"no activity for {v:.0f} days",
+    "days_since_login": lambda v: f"no login for {v:.0f} days",
+    "days_since_purchase": lambda v: f"no purchase for {v:.0f} days",
+    "days_since_ticket": lambda v: f"last support ticket {v:.0f} days ago",
+    "days_since_return": lambda v: f"last return {v:.0f} days ago",
+    "login_rate_short": lambda v: f"{v * 7:.1f} logins a week lately",
+    "login_rate_long": lambda v: f"{v * 30:.0f} logins a month on average",
+    "login_trend": _trend("logins", "30-day"),
+    "purchase_rate_short": lambda v: f"{v * 30:.1f} purchases a month lately",
+    "purchase_rate_long": lambda v: f"{v * 30:.1f} purchases a month on average",
+    "purchase_trend": _trend("purchases", "90-day"),
+    "spend_rate_long": lambda v: f"spending {v * 30:.0f} a month over 90 days",
+    "ticket_load": lambda v: f"{v * 7:.1f} severity-weighted support tickets a week",
+    "return_rate": lambda v: f"{v * 30:.1f} returns a month lately",
+    "return_ratio": lambda v: f"{v:.0%} of purchases returned",
+    "open_tickets": lambda v: f"{_plural(v, 'support ticket')} open",
+    "open_urgent_tickets": lambda v: f"{_plural(v, 'urgent ticket')} open",
+    "oldest_open_ticket_days": lambda v: f"oldest open ticket unanswered for {v:.0f} days",
+    "csat_avg": lambda v: f"satisfaction {v:.1f} of 5",
+    "csat_low": lambda v: f"{_plural(v, 'low satisfaction rating')} lately",
+    "has_csat": lambda v: "has rated support" if v else "never rated support",
+    "tenure_days": lambda v: f"customer for {v:.0f} days",
+    "event_count": lambda v: f"{_plural(v, 'event')} in all",
+    "purchase_count": lambda v: f"{_plural(v, 'purchase')} in all",
+    "ltv": lambda v: f"lifetime value {v:,.0f}",
+    "log_ltv": lambda v: f"lifetime value {math.expm1(v):,.0f}",
+    "avg_purchase_gap_days": lambda v: f"usually buys every {v:.0f} days",
+    "purchase_gap_ratio": lambda v: f"{v:.1f}x the usual gap since the last purchase",
+    "repeat_buyer": lambda v: "repeat buyer" if v else "one-time buyer",
+}
+
+
+def describe(feature: str, x: Mapping[str, float]) -> str:
+    """
+    A feature's value in plain words with numbers (`login_trend` 0.4 -> "logins down 60% ...").
+    """
+    value = x.get(feature, 0.0)
+    text = _TEXTS.get(feature)
+    return text(value) if text else f"{feature} = {value:.3g}"
+
+
+def reasons(
+    now: Mapping[str, float],
+    before: Mapping[str, float],
+    *,
+    change: float,
+    x: Mapping[str, float],
+    top: int = 3,
+) -> list[Reason]:
+    """
+    The factors behind a change of churn probability, largest first.
+
+    Args:
+        now: the factors of the current score.
+        before: the factors at the anchor (empty when there is none).
+        change: the change of churn probability from the anchor to now.
+        x: the current feature values, for the words.
+        top: how many reasons to give.
+
+    Returns:
+        Up to `top` reasons whose contributions are signed shares of `change`: the factors'
+        deltas, scaled so that all of them together add up to `change`. Factors pushing in the
+        direction of the change come first.
+    """
+    deltas = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in set(now) | set(before)}
+    total = sum(deltas.values())
+    scale = change / total if abs(total) > _EPS else 0.0
+    shares = {name: d * scale for name, d in deltas.items()}
+    if abs(total) <= _EPS:
+        shares = dict(now)
+    direction = 1.0 if change >= 0 else -1.0
+    ranked = sorted(shares.items(), key=lambda item: (-item[1] * direction, item[0]))
+    return [
+        Reason(factor=name, contribution=round(share, 4), text=describe(name, x))
+        for name, share in ranked[:top]
+        if abs(share) >= 0.00005
+    ]
+
+
+def summary(change: float, items: Iterable[Reason]) -> str:
+    """
+    One sentence: "risk +0.18: logins down 60% vs. the 30-day average (+0.09), ...".
+    """
+    parts = [f"{r.text} ({r.contribution:+.2f})" for r in items]
+    head = f"risk {change:+.2f}"
+    return f"{head}: {', '.join(parts)}" if parts else head

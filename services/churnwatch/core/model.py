@@ -1,0 +1,565 @@
+"""
+The online-learned churn model: a River pipeline behind a small, deterministic `Scorer`.
+
+`Scorer` is the one mutable object of the core (STYLE.md): `learn_one` changes it in place.
+Everything around it is pure: `blend` leans on the rules file's points-based prior while the
+model has few resolved labels, `engagement_score` turns a probability into 0..100, and
+`ProgressiveValidation` keeps the model's live quality (predict before learn).
+
+Feature preparation, done inside `Scorer` before the River pipeline (so the pickled pipeline
+holds only River objects):
+
+- Features are taken in sorted name order, so the order of the caller's dict makes no
+  difference, not even to the last bit of a floating-point sum.
+- Non-finite values (NaN, +-inf) are treated as missing: one bad value must not poison the
+  weights for good.
+- Missing features are left out. For `logreg` that is mean imputation (a standardised value of
+  0 contributes nothing); the trees follow their most common path.
+- Names never seen by `learn_one` are ignored by `predict_one` (the model knows nothing about
+  them, and a River scaler would otherwise grow an entry for them while predicting). The
+  first `learn_one` that carries a new name adds it to the model.
+- With `ModelConfig.log1p` (the default), every value goes through the signed log transform
+  `sign(v) * log1p(|v|)`. The features are counts, decayed rates, days (up to 365), money
+  (lifetime value up to ~10^4) and ratios; most are heavy-tailed, and the transform is
+  monotone, so contributions keep their sign and the trees are unaffected in substance.
+  `benchmarks/model_choice.py` measures it against the raw values.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import dataclasses
+import hashlib
+import math
+import pickle
+import struct
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
+
+from river import compose, forest, linear_model, optim, preprocessing, tree
+
+from churnwatch.core.errors import ConfigError, ModelFormatError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "FORMAT_VERSION",
+    "KINDS",
+    "MAGIC",
+    "ModelConfig",
+    "ModelKind",
+    "ProgressiveValidation",
+    "Scorer",
+    "blend",
+    "engagement_score",
+    "model_weight",
+]
+
+ModelKind = Literal["logreg", "hat", "arf"]
+"""
+The pipelines `benchmarks/model_choice.py` compares.
+
+- `logreg`: StandardScaler | LogisticRegression (SGD); the default, chosen by measurement.
+- `hat`: HoeffdingAdaptiveTreeClassifier.
+- `arf`: ARFClassifier (an adaptive random forest of 10 Hoeffding trees).
+"""
+
+KINDS: Final[tuple[ModelKind, ...]] = get_args(ModelKind)
+
+MAGIC: Final = b"CWMODEL\x00"
+FORMAT_VERSION: Final = 1
+_HEADER: Final = struct.Struct(">8sH32s")  # magic, format version, sha256 of the payload
+_PICKLE_PROTOCOL: Final = 5
+_EPS: Final = 1e-6  # predict_one stays in [_EPS, 1 - _EPS], strictly inside (0, 1)
+_ARF_MODELS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """
+    How to build a `Scorer`, and how its probability is blended with the prior.
+
+    `learning_rate` and `l2` apply to `logreg` only; the trees ignore them.
+    """
+
+    kind: ModelKind = "logreg"
+    seed: int = 42
+    learning_rate: float = 0.02
+    l2: float = 0.0
+    prior_weight_half_life: int = 500
+    min_labels: int = 50
+    log1p: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            msg = f"model kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            raise ConfigError(msg)
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            msg = f"learning_rate must be a finite number > 0, got {self.learning_rate}"
+            raise ConfigError(msg)
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            msg = f"l2 must be a finite number >= 0, got {self.l2}"
+            raise ConfigError(msg)
+        if self.prior_weight_half_life < 1:
+            msg = f"prior_weight_half_life must be >= 1 label, got {self.prior_weight_half_life}"
+            raise ConfigError(msg)
+        if self.min_labels < 0:
+            msg = f"min_labels must be >= 0, got {self.min_labels}"
+            raise ConfigError(msg)
+
+
+DEFAULT_CONFIG: Final = ModelConfig()
+
+
+def _build_pipeline(config: ModelConfig) -> Any:
+    if config.kind == "logreg":
+        return compose.Pipeline(
+            ("scale", preprocessing.StandardScaler()),
+            (
+                "model",
+                linear_model.LogisticRegression(
+                    optimizer=optim.SGD(config.learning_rate),
+                    l2=config.l2,
+                    intercept_lr=config.learning_rate,
+                ),
+            ),
+        )
+    if config.kind == "hat":
+        return compose.Pipeline(("model", tree.HoeffdingAdaptiveTreeClassifier(seed=config.seed)))
+    return compose.Pipeline(("model", forest.ARFClassifier(n_models=_ARF_MODELS, seed=config.seed)))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _initial_digest(config: ModelConfig) -> bytes:
+    text = repr(sorted(dataclasses.asdict(config).items())).encode()
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+class Scorer:
+    """
+    The one mutable object of the core (STYLE.md): learn_one changes it in place.
+
+    The same config and the same sequence of `learn_one` calls give the same predictions, the
+    same `version` and the same bytes from `to_bytes`. `predict_one` and `contributions` never
+    change the scorer.
+    """
+
+    __slots__ = ("_config", "_digest", "_known", "_n_labels", "_names", "_pipeline")
+
+    def __init__(self, config: ModelConfig = DEFAULT_CONFIG) -> None:
+        self._config = config
+        self._pipeline: Any = _build_pipeline(config)
+        self._n_labels = 0
+        # Feature names the model has learned from, sorted; the strings are shared with the
+        # pipeline's own dicts so a pickle of the scorer is the same whatever objects the
+        # caller's keys were.
+        self._names: tuple[str, ...] = ()
+        self._known: frozenset[str] = frozenset()
+        # A chained hash of the config and every learned example: the `version`.
+        self._digest = _initial_digest(config)
+
+    @property
+    def config(self) -> ModelConfig:
+        """
+        The config the scorer was built with.
+        """
+        return self._config
+
+    @property
+    def n_labels(self) -> int:
+        """
+        Resolved labels learned so far.
+        """
+        return self._n_labels
+
+    @property
+    def version(self) -> str:
+        """
+        `{kind}-{n_labels}-{hash}`: changes with every `learn_one`, equal for equal histories.
+
+        The hash chains the config and every learned example, so two scorers that forked from
+        one checkpoint and then learned different examples have different versions.
+        """
+        return f"{self._config.kind}-{self._n_labels}-{self._digest.hex()[:12]}"
+
+    def _prepare(self, x: Mapping[str, float]) -> dict[str, float]:
+        """
+        The known features of `x`, in sorted order, non-finite values dropped, transformed.
+        """
+        use_log = self._config.log1p
+        out: dict[str, float] = {}
+        for name in self._names:
+            raw = x.get(name)
+            if raw is None:
+                continue
+            value = float(raw)
+            if not math.isfinite(value):
+                continue
+            if use_log:
+                value = math.log1p(value) if value >= 0 else -math.log1p(-value)
+            out[name] = value
+        return out
+
+    def predict_one(self, x: Mapping[str, float]) -> float:
+        """
+        P(churn | x) of the learned model alone, in (0, 1).
+
+        Args:
+            x: feature name -> value. Missing names, names never learned and non-finite
+                values are all fine (see the module docstring); `x` is not changed.
+
+        Returns:
+            The probability, clipped to [1e-6, 1 - 1e-6].
+        """
+        return self._predict_prepared(self._prepare(x))
+
+    def _predict_prepared(self, xt: dict[str, float]) -> float:
+        proba = self._pipeline.predict_proba_one(xt)
+        total = sum(proba.values())
+        p = proba.get(True, 0.0) / total if total > 0 else 0.5
+        return min(max(p, _EPS), 1.0 - _EPS)
+
+    def learn_one(self, x: Mapping[str, float], churned: bool) -> None:
+        """
+        Learn one resolved label.
+
+        Args:
+            x: the features of the snapshot the label belongs to; `x` is not changed.
+            churned: True when the customer churned within the label horizon.
+        """
+        known = self._known
+        new = [name for name in x if name not in known]
+        if new:
+            self._names = tuple(sorted({*self._names, *new}))
+            self._known = frozenset(self._names)
+            self._digest = hashlib.blake2b(
+                self._digest + "\x1f".join(self._names).encode(), digest_size=16
+            ).digest()
+        xt = self._prepare(x)
+        label = bool(churned)
+        self._pipeline.learn_one(xt, label)
+        self._n_labels += 1
+        values = [xt.get(name, math.nan) for name in self._names]
+        packed = struct.pack(f"<?{len(values)}d", label, *values)
+        self._digest = hashlib.blake2b(self._digest + packed, digest_size=16).digest()
+
+    def contributions(self, x: Mapping[str, float]) -> dict[str, float]:
+        """
+        The signed contribution of each feature of `x` to the logit of `predict_one(x)`.
+
+        For `logreg` this is exact: weight * standardised (transformed) value, and
+        `logit(predict_one(x)) == logit(predict_one({})) + sum(contributions(x))` (the
+        intercept is the logit of the empty input), up to the clipping of `predict_one`.
+        For the trees it is an occlusion approximation: `logit(p(x)) - logit(p(x without
+        the feature))`, the feature being treated as missing (the tree's most common path);
+        the parts need not add up to the whole.
+
+        Args:
+            x: as for `predict_one`.
+
+        Returns:
+            One entry per key of `x`; names the model has not learned and non-finite values
+            contribute 0.0.
+        """
+        xt = self._prepare(x)
+        result = dict.fromkeys(x, 0.0)
+        if not xt:
+            return result
+        if self._config.kind == "logreg":
+            scaled = self._pipeline.steps["scale"].transform_one(xt)
+            weights = self._pipeline.steps["model"]._weights
+            for name, value in scaled.items():
+                result[name] = weights[name] * value if name in weights else 0.0
+            return result
+        whole = _logit(self._predict_prepared(xt))
+        for name in xt:
+            without = {key: value for key, value in xt.items() if key != name}
+            result[name] = whole - _logit(self._predict_prepared(without))
+        return result
+
+    def to_bytes(self) -> bytes:
+        """
+        A checkpoint: magic, format version, sha256 of the payload, then the payload.
+
+        The payload is a pickle of the config (as a dict), the River pipeline and the
+        counters. The same history gives the same bytes, and `from_bytes(b).to_bytes() == b`.
+        """
+        state = {
+            "config": dataclasses.asdict(self._config),
+            "pipeline": self._pipeline,
+            "n_labels": self._n_labels,
+            "names": self._names,
+            "digest": self._digest,
+        }
+        # Pickle shares an object only where the source shares it (e.g. River names a pipeline
+        # step after its class, so one string object appears twice), and an unpickled copy
+        # shares differently; one round trip brings every scorer with the same history to the
+        # same bytes, fresh or restored.
+        first = pickle.dumps(state, protocol=_PICKLE_PROTOCOL)
+        payload = pickle.dumps(pickle.loads(first), protocol=_PICKLE_PROTOCOL)  # noqa: S301 (our own bytes, just written)
+        return _HEADER.pack(MAGIC, FORMAT_VERSION, hashlib.sha256(payload).digest()) + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Scorer:
+        """
+        Restore a scorer from `to_bytes`.
+
+        Only load checkpoints churnwatch wrote itself (its own Redis): the payload is a
+        pickle. The checksum catches truncation and corruption, not tampering.
+
+        Args:
+            data: the checkpoint.
+
+        Returns:
+            A scorer with the same predictions, version and bytes as the one saved.
+
+        Raises:
+            ModelFormatError: wrong magic, unknown format version, bad checksum or a payload
+                that is not a churnwatch model; the message says what was expected and what
+                arrived.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            msg = f"expected a model checkpoint as bytes, got {type(data).__name__}"
+            raise ModelFormatError(msg)
+        data = bytes(data)
+        if len(data) < _HEADER.size:
+            msg = (
+                f"expected a model checkpoint of at least {_HEADER.size} bytes (magic "
+                f"{MAGIC!r}, format version, checksum), got {len(data)} bytes: {data[:16]!r}"
+            )
+            raise ModelFormatError(msg)
+        magic, version, checksum = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            msg = f"expected a churnwatch model checkpoint starting with {MAGIC!r}, got {magic!r}"
+            raise ModelFormatError(msg)
+        if version != FORMAT_VERSION:
+            msg = f"expected model format version {FORMAT_VERSION}, got version {version}"
+            raise ModelFormatError(msg)
+        payload = data[_HEADER.size :]
+        actual = hashlib.sha256(payload).digest()
+        if actual != checksum:
+            msg = (
+                f"expected a payload with sha256 {checksum.hex()[:16]}..., got "
+                f"{actual.hex()[:16]}... over {len(payload)} bytes (truncated or corrupt)"
+            )
+            raise ModelFormatError(msg)
+        try:
+            state = pickle.loads(payload)  # noqa: S301 (checksummed; our own checkpoints only)
+            config = ModelConfig(**state["config"])
+            scorer = cls.__new__(cls)
+            scorer._config = config
+            scorer._pipeline = state["pipeline"]
+            scorer._n_labels = int(state["n_labels"])
+            scorer._names = tuple(state["names"])
+            scorer._known = frozenset(scorer._names)
+            scorer._digest = bytes(state["digest"])
+        except (
+            pickle.UnpicklingError,
+            AttributeError,
+            EOFError,
+            ImportError,
+            IndexError,
+            KeyError,
+            TypeError,
+            ValueError,
+            ConfigError,
+        ) as exc:
+            msg = f"expected a pickled churnwatch model state, got a payload that fails: {exc!r}"
+            raise ModelFormatError(msg) from exc
+        if not isinstance(scorer._pipeline, compose.Pipeline):
+            msg = f"expected a River Pipeline, got {type(scorer._pipeline).__name__}"
+            raise ModelFormatError(msg)
+        return scorer
+
+    def copy(self) -> Scorer:
+        """
+        An independent deep copy; scorers freeze one per model epoch.
+        """
+        twin = Scorer.__new__(Scorer)
+        twin._config = self._config
+        twin._pipeline = _copy.deepcopy(self._pipeline)
+        twin._n_labels = self._n_labels
+        twin._names = self._names
+        twin._known = self._known
+        twin._digest = self._digest
+        return twin
+
+    def __repr__(self) -> str:
+        return f"Scorer({self.version!r}, features={len(self._names)})"
+
+
+def model_weight(n_labels: int, config: ModelConfig) -> float:
+    """
+    The weight of the learned model in `blend` after `n_labels` resolved labels.
+
+    Args:
+        n_labels: resolved labels learned so far.
+        config: `min_labels` and `prior_weight_half_life`.
+
+    Returns:
+        0 below `config.min_labels`, then `n / (n + half_life)`: monotone, tending to 1.
+    """
+    if n_labels < 0:
+        msg = f"n_labels must be >= 0, got {n_labels}"
+        raise ValueError(msg)
+    if n_labels < config.min_labels:
+        return 0.0
+    return n_labels / (n_labels + config.prior_weight_half_life)
+
+
+def blend(
+    prior_probability: float, model_probability: float, *, n_labels: int, config: ModelConfig
+) -> float:
+    """
+    The churn probability the system acts on: the prior, leaning toward the model with labels.
+
+    Args:
+        prior_probability: from the rules file's points-based prior, in [0, 1].
+        model_probability: `Scorer.predict_one`, in [0, 1].
+        n_labels: the scorer's `n_labels`.
+        config: the weights (see `model_weight`).
+
+    Returns:
+        `(1 - w) * prior + w * model` with `w = model_weight(n_labels, config)`.
+    """
+    for name, p in (
+        ("prior_probability", prior_probability),
+        ("model_probability", model_probability),
+    ):
+        if not 0.0 <= p <= 1.0:
+            msg = f"{name} must be in [0, 1], got {p}"
+            raise ValueError(msg)
+    weight = model_weight(n_labels, config)
+    return (1.0 - weight) * prior_probability + weight * model_probability
+
+
+def engagement_score(churn_probability: float) -> float:
+    """
+    0..100, higher is healthier: `round(100 * (1 - p), 2)`.
+
+    Args:
+        churn_probability: in [0, 1].
+
+    Returns:
+        The score, rounded to two decimals.
+    """
+    if not 0.0 <= churn_probability <= 1.0:
+        msg = f"churn_probability must be in [0, 1], got {churn_probability}"
+        raise ValueError(msg)
+    return round(100.0 * (1.0 - churn_probability), 2)
+
+
+_LOSS_EPS: Final = 1e-15
+
+
+class ProgressiveValidation:
+    """
+    Live quality of the model, predict before learn, over the last `window` examples.
+
+    Exact windowed ROC AUC (ties count one half) and mean log loss, computed lazily when read
+    and cached until the next `update`; `update` itself is O(1).
+    """
+
+    __slots__ = ("_auc", "_count", "_examples", "_log_loss", "_stale", "window")
+
+    def __init__(self, window: int = 5000) -> None:
+        if window < 1:
+            msg = f"window must be >= 1 example, got {window}"
+            raise ValueError(msg)
+        self.window = window
+        self._examples: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._count = 0
+        self._stale = True
+        self._auc: float | None = None
+        self._log_loss: float | None = None
+
+    def update(self, churned: bool, probability: float) -> None:
+        """
+        Record one example: the probability predicted before its label was learned.
+
+        Args:
+            churned: the resolved label.
+            probability: the model's prediction for it, in [0, 1].
+        """
+        if not 0.0 <= probability <= 1.0:
+            msg = f"probability must be in [0, 1], got {probability}"
+            raise ValueError(msg)
+        self._examples.append((float(probability), bool(churned)))
+        self._count += 1
+        self._stale = True
+
+    def _refresh(self) -> None:
+        if not self._stale:
+            return
+        self._stale = False
+        examples = self._examples
+        if not examples:
+            self._auc = self._log_loss = None
+            return
+        losses = []
+        for p, y in examples:
+            q = min(max(p, _LOSS_EPS), 1.0 - _LOSS_EPS)
+            losses.append(-math.log(q if y else 1.0 - q))
+        self._log_loss = math.fsum(losses) / len(losses)
+        self._auc = _exact_auc(examples)
+
+    @property
+    def auc(self) -> float | None:
+        """
+        ROC AUC over the window; None until both classes are in it.
+        """
+        self._refresh()
+        return self._auc
+
+    @property
+    def log_loss(self) -> float | None:
+        """
+        Mean log loss over the window (probabilities clipped to 1e-15); None when empty.
+        """
+        self._refresh()
+        return self._log_loss
+
+    @property
+    def count(self) -> int:
+        """
+        Examples seen in all, not only those in the window.
+        """
+        return self._count
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """
+        `count`, `window` (examples in it now), `auc` and `log_loss`, for metrics.
+        """
+        return {
+            "count": self._count,
+            "window": len(self._examples),
+            "auc": self.auc,
+            "log_loss": self.log_loss,
+        }
+
+
+def _exact_auc(examples: deque[tuple[float, bool]] | list[tuple[float, bool]]) -> float | None:
+    """
+    Mann-Whitney U over average ranks: P(score of a positive > score of a negative) + ties / 2.
+    """
+    positives = sum(1 for _, y in examples if y)
+    negatives = len(examples) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ordered = sorted(examples, key=lambda example: example[0])
+    rank_sum = 0.0
+    i = 0
+    n = len(ordered)
+    while i < n:
+        j = i
+        while j + 1 < n and ordered[j + 1][0] == ordered[i][0]:
+            j += 1
+        average_rank = (i + j) / 2.0 + 1.0
+        rank_sum += average_rank * sum(1 for k in range(i, j + 1) if ordered[k][1])
+        i = j + 1
+    u = rank_sum - positives * (positives + 1) / 2.0
+    return u / (positives * negatives)

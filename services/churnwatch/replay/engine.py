@@ -1,0 +1,230 @@
+"""
+The core over a stream of records in arrival order: what the streaming workers do, in one
+process, with the same functions. Used by `churnwatch replay`, the backtest and the demo.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from churnwatch.core.alerts import AlertRecord
+from churnwatch.core.engine import ModelView, Policy, StepResult, next_due_at, process_event, sweep_one
+from churnwatch.core.errors import BadEventError, ReasonCode
+from churnwatch.core.events import EPOCH, parse_event
+from churnwatch.core.labels import Example
+from churnwatch.core.model import ProgressiveValidation, Scorer, blend
+from churnwatch.core.partitioning import partition_of
+from churnwatch.core.rules import prior_points
+from churnwatch.core.state import CustomerState
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that was not applied, with its original bytes and why."""
+
+    position: int
+    """0-based index of the record in the input."""
+    reason: ReasonCode
+    message: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class Counts:
+    """`consumed == processed + duplicates + dead_lettered` holds after every record."""
+
+    consumed: int = 0
+    processed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    alerts: int = 0
+    examples: int = 0
+
+    def balanced(self) -> bool:
+        return self.consumed == self.processed + self.duplicates + self.dead_lettered
+
+
+@dataclass(slots=True)
+class Quality:
+    """Progressive validation (predict before learn) of the model, the prior and the blend."""
+
+    model: ProgressiveValidation = field(default_factory=lambda: ProgressiveValidation(10**9))
+    prior: ProgressiveValidation = field(default_factory=lambda: ProgressiveValidation(10**9))
+    blended: ProgressiveValidation = field(default_factory=lambda: ProgressiveValidation(10**9))
+
+
+class _Partition:
+    __slots__ = ("due", "high_water")
+
+    def __init__(self) -> None:
+        self.high_water: datetime | None = None
+        self.due: list[tuple[datetime, str]] = []
+
+
+class Replay:
+    """
+    Feed records one by one; customers' states, alerts, examples and counts come out.
+
+    The model learns online from the resolved examples (predict before learn, for the
+    quality figures); scoring uses a frozen copy of it per model epoch, as the streaming
+    scorers use the learner's checkpoints, so the result is the same whatever the batching.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        partitions: int = 1,
+        scorer: Scorer | None = None,
+        learn: bool = True,
+        on_alert: Callable[[AlertRecord], None] | None = None,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        on_step: Callable[[StepResult], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.partitions = partitions
+        self.learner = scorer if scorer is not None else Scorer(policy.config.model)
+        self.learn = learn
+        self.states: dict[str, CustomerState] = {}
+        self.counts = Counts()
+        self.quality = Quality()
+        self._parts = [_Partition() for _ in range(max(1, partitions))]
+        self._models: dict[int, Scorer] = {}
+        self._on_alert = on_alert
+        self._on_dead_letter = on_dead_letter
+        self._on_step = on_step
+
+    # -- models per epoch -------------------------------------------------------------
+    def _epoch(self, at: datetime) -> int:
+        return int((at - EPOCH) // self.policy.config.model_epoch)
+
+    def _freeze(self, epoch: int) -> None:
+        if epoch not in self._models and (not self._models or epoch > max(self._models)):
+            self._models[epoch] = self.learner.copy()
+            for old in sorted(self._models)[:-3]:
+                del self._models[old]
+
+    def model_for(self, at: datetime) -> ModelView:
+        """The frozen model of `at`'s epoch (the nearest earlier one that exists)."""
+        epoch = self._epoch(at)
+        usable = [e for e in self._models if e <= epoch]
+        if not usable:
+            self._freeze(epoch)
+            return self._models[epoch]
+        return self._models[max(usable)]
+
+    # -- records ----------------------------------------------------------------------
+    def _dead(self, position: int, error: BadEventError, raw: bytes) -> None:
+        self.counts.dead_lettered += 1
+        self.counts.by_reason[error.reason] += 1
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(DeadLetter(position, error.reason, error.message, raw))
+
+    def feed(self, raw: bytes) -> None:
+        """Apply one record (bytes as on the wire, without the line's newline)."""
+        cfg = self.policy.config
+        position = self.counts.consumed
+        self.counts.consumed += 1
+        top = max((p.high_water for p in self._parts if p.high_water), default=None)
+        try:
+            event = parse_event(
+                raw,
+                max_bytes=cfg.max_event_bytes,
+                not_after=None if top is None else top + cfg.max_future,
+            )
+        except BadEventError as error:
+            self._dead(position, error, raw)
+            return
+        part = self._parts[partition_of(event.customer_id, self.partitions)]
+        if part.high_water is not None and event.ts < part.high_water - cfg.lateness:
+            late = part.high_water - event.ts
+            msg = f"ts: {event.ts.isoformat()} is {late} behind the partition, more than the allowed lateness {cfg.lateness}"
+            self._dead(position, BadEventError("too_late", msg, field="ts"), raw)
+            return
+        if part.high_water is None or event.ts > part.high_water:
+            part.high_water = event.ts
+        watermark = part.high_water - cfg.lateness
+        self._freeze(self._epoch(event.ts))
+        step = process_event(
+            self.states.get(event.customer_id),
+            event,
+            watermark=watermark,
+            model_for=self.model_for,
+            policy=self.policy,
+        )
+        if step.outcome == "duplicate":
+            self.counts.duplicates += 1
+            return
+        self.counts.processed += 1
+        self._apply(step, part)
+        self._sweep(part, watermark)
+
+    def _apply(self, step: StepResult, part: _Partition) -> None:
+        state = step.state
+        self.states[state.customer_id] = state
+        due = next_due_at(state, self.policy)
+        if due is not None:
+            heapq.heappush(part.due, (due, state.customer_id))
+        for alert in step.alerts:
+            self.counts.alerts += 1
+            if self._on_alert is not None:
+                self._on_alert(alert)
+        for example in step.examples:
+            self._learn(example)
+        if self._on_step is not None:
+            self._on_step(step)
+
+    def _sweep(self, part: _Partition, until: datetime) -> None:
+        while part.due and part.due[0][0] <= until:
+            due, customer_id = heapq.heappop(part.due)
+            state = self.states[customer_id]
+            if next_due_at(state, self.policy) != due:
+                continue  # stale entry: the customer moved on since it was scheduled
+            step = sweep_one(state, until=until, model_for=self.model_for, policy=self.policy)
+            self._apply(step, part)
+
+    def _learn(self, example: Example) -> None:
+        self.counts.examples += 1
+        if not self.learn:
+            return
+        x = example.x
+        p_model = self.learner.predict_one(x)
+        p_prior = prior_points(self.policy.rules, x).churn_probability
+        p_blend = blend(
+            p_prior, p_model, n_labels=self.learner.n_labels, config=self.policy.config.model
+        )
+        self.quality.model.update(example.churned, p_model)
+        self.quality.prior.update(example.churned, p_prior)
+        self.quality.blended.update(example.churned, p_blend)
+        self.learner.learn_one(x, example.churned)
+
+    def run(self, records: Iterable[bytes]) -> Counts:
+        """Feed every record, then `finish`."""
+        for raw in records:
+            self.feed(raw)
+        self.finish()
+        return self.counts
+
+    def finish(self, until: datetime | None = None) -> None:
+        """
+        Run the sweep of every partition up to `until` (default: the partition's watermark).
+        """
+        for part in self._parts:
+            if part.high_water is None:
+                continue
+            bound = until or part.high_water - self.policy.config.lateness
+            self._sweep(part, bound)
+
+
+def read_records(path: str) -> Iterable[bytes]:
+    """The records of a JSONL file as bytes, one per line, empty lines skipped."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            record = line.rstrip(b"\r\n")
+            if record:
+                yield record
