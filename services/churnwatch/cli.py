@@ -31,17 +31,39 @@ def main() -> None:
 @click.option("--customers", default=20_000, show_default=True, help="Simulated customers.")
 @click.option("--days", default=180, show_default=True, help="Simulated days.")
 @click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same output).")
-@click.option("--rules", "rules_file", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Rules file (default: the packaged rules/default.yaml).")
-@click.option("--malformed-rate", default=0.001, show_default=True,
-              help="Share of malformed records mixed in.")
-@click.option("--duplicate-rate", default=0.002, show_default=True,
-              help="Share of events redelivered.")
-@click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write every alert as JSONL, as the workers would publish it.")
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Rules file (default: the packaged rules/default.yaml).",
+)
+@click.option(
+    "--malformed-rate",
+    default=0.001,
+    show_default=True,
+    help="Share of malformed records mixed in.",
+)
+@click.option(
+    "--duplicate-rate", default=0.002, show_default=True, help="Share of events redelivered."
+)
+@click.option(
+    "--alerts-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every alert as JSONL, as the workers would publish it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def demo(customers: int, days: int, seed: int, rules_file: Path | None, malformed_rate: float,
-         duplicate_rate: float, alerts_out: Path | None, quiet: bool) -> None:
+def demo(
+    customers: int,
+    days: int,
+    seed: int,
+    rules_file: Path | None,
+    malformed_rate: float,
+    duplicate_rate: float,
+    alerts_out: Path | None,
+    quiet: bool,
+) -> None:
     """Simulate customers and show what churnwatch would have alerted on (no services)."""
     from datetime import timedelta
 
@@ -51,11 +73,19 @@ def demo(customers: int, days: int, seed: int, rules_file: Path | None, malforme
 
     settings = CoreSettings(rules_file=rules_file) if rules_file else CoreSettings()
     policy = _policy(settings)
-    config = SimConfig(customers=customers, days=days, seed=seed, malformed_rate=malformed_rate,
-                       duplicate_rate=duplicate_rate, disorder=timedelta(minutes=5))
+    config = SimConfig(
+        customers=customers,
+        days=days,
+        seed=seed,
+        malformed_rate=malformed_rate,
+        duplicate_rate=duplicate_rate,
+        disorder=timedelta(minutes=5),
+    )
     out = Console()
     err = Console(stderr=True)
-    out.print(f"[bold]churnwatch demo[/bold]: {customers:,} customers over {days} days, seed {seed}")
+    out.print(
+        f"[bold]churnwatch demo[/bold]: {customers:,} customers over {days} days, seed {seed}"
+    )
     handle = alerts_out.open("wb") if alerts_out else None
     try:
         if quiet:
@@ -73,22 +103,44 @@ def demo(customers: int, days: int, seed: int, rules_file: Path | None, malforme
 @click.option("--customers", default=20_000, show_default=True)
 @click.option("--days", default=180, show_default=True)
 @click.option("--seed", default=7, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for events.jsonl and labels.csv.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for events.jsonl and labels.csv.",
+)
 @click.option("--malformed-rate", default=0.0, show_default=True)
 @click.option("--duplicate-rate", default=0.0, show_default=True)
-@click.option("--disorder-minutes", default=0.0, show_default=True,
-              help="Events may be emitted up to this many minutes late.")
-def simulate(customers: int, days: int, seed: int, out_dir: Path, malformed_rate: float,
-             duplicate_rate: float, disorder_minutes: float) -> None:
+@click.option(
+    "--disorder-minutes",
+    default=0.0,
+    show_default=True,
+    help="Events may be emitted up to this many minutes late.",
+)
+def simulate(
+    customers: int,
+    days: int,
+    seed: int,
+    out_dir: Path,
+    malformed_rate: float,
+    duplicate_rate: float,
+    disorder_minutes: float,
+) -> None:
     """Write a simulated history (events.jsonl) and its ground truth (labels.csv)."""
     from datetime import timedelta
 
     from churnwatch.console import progress_counter
     from churnwatch.sim import SimConfig, write_simulation
 
-    config = SimConfig(customers=customers, days=days, seed=seed, malformed_rate=malformed_rate,
-                       duplicate_rate=duplicate_rate, disorder=timedelta(minutes=disorder_minutes))
+    config = SimConfig(
+        customers=customers,
+        days=days,
+        seed=seed,
+        malformed_rate=malformed_rate,
+        duplicate_rate=duplicate_rate,
+        disorder=timedelta(minutes=disorder_minutes),
+    )
     with progress_counter(Console(stderr=True), "simulating") as update:
         summary = write_simulation(config, out_dir, progress=update)
     click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}: {summary}")
@@ -97,14 +149,31 @@ def simulate(customers: int, days: int, seed: int, out_dir: Path, malformed_rate
 @main.command()
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--rules", "rules_file", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--alerts-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write every alert as JSONL, as the workers would publish it.")
-@click.option("--dead-letters-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write dead-lettered records as JSONL (reason, message, original bytes).")
-@click.option("--partitions", default=None, type=int,
-              help="Mirror this many topic partitions (one watermark each).")
-def replay(events: Path, rules_file: Path | None, alerts_out: Path | None,
-           dead_letters_out: Path | None, partitions: int | None) -> None:
+@click.option(
+    "--alerts-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every alert as JSONL, as the workers would publish it.",
+)
+@click.option(
+    "--dead-letters-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write dead-lettered records as JSONL (reason, message, original bytes).",
+)
+@click.option(
+    "--partitions",
+    default=None,
+    type=int,
+    help="Mirror this many topic partitions (one watermark each).",
+)
+def replay(
+    events: Path,
+    rules_file: Path | None,
+    alerts_out: Path | None,
+    dead_letters_out: Path | None,
+    partitions: int | None,
+) -> None:
     """Run the core over a JSONL file of events, in file order, as the workers would."""
     import base64
 
@@ -125,13 +194,24 @@ def replay(events: Path, rules_file: Path | None, alerts_out: Path | None,
 
     def on_dead(letter: DeadLetter) -> None:
         if dead_handle:
-            dead_handle.write(orjson.dumps({
-                "position": letter.position, "reason": letter.reason, "message": letter.message,
-                "original_b64": base64.b64encode(letter.raw).decode(),
-            }) + b"\n")
+            dead_handle.write(
+                orjson.dumps(
+                    {
+                        "position": letter.position,
+                        "reason": letter.reason,
+                        "message": letter.message,
+                        "original_b64": base64.b64encode(letter.raw).decode(),
+                    }
+                )
+                + b"\n"
+            )
 
-    engine = Replay(policy, partitions=partitions or settings.partitions,
-                    on_alert=on_alert, on_dead_letter=on_dead)
+    engine = Replay(
+        policy,
+        partitions=partitions or settings.partitions,
+        on_alert=on_alert,
+        on_dead_letter=on_dead,
+    )
     try:
         with progress_counter(Console(stderr=True), "replaying") as update:
             for i, raw in enumerate(read_records(str(events)), 1):
@@ -176,8 +256,13 @@ def schemas() -> None:
 
 
 @schemas.command("export")
-@click.option("--dir", "directory", default="schemas", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "directory",
+    default="schemas",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 def schemas_export(directory: Path) -> None:
     """Write the JSON Schemas generated from the models."""
     from churnwatch.schemas import export
@@ -187,8 +272,13 @@ def schemas_export(directory: Path) -> None:
 
 
 @schemas.command("check")
-@click.option("--dir", "directory", default="schemas", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "directory",
+    default="schemas",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 def schemas_check(directory: Path) -> None:
     """Fail when the schema files differ from the models."""
     from churnwatch.schemas import drift

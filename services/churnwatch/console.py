@@ -80,8 +80,10 @@ def render_demo(console: Console, result: DemoResult, *, horizon_days: float) ->
     quality.add_row("customers alerted", f"{ev.alerted:,}")
     quality.add_row("alert precision (alerted customers who churned)", _fmt(ev.precision, ".1%"))
     quality.add_row("alert recall (churners alerted in time)", _fmt(ev.recall, ".1%"))
-    quality.add_row("lead time p10 / median / p90 (days)",
-        f"{_fmt(ev.lead_days_p10, '.1f')} / {_fmt(ev.lead_days_p50, '.1f')} / {_fmt(ev.lead_days_p90, '.1f')}")
+    quality.add_row(
+        "lead time p10 / median / p90 (days)",
+        f"{_fmt(ev.lead_days_p10, '.1f')} / {_fmt(ev.lead_days_p50, '.1f')} / {_fmt(ev.lead_days_p90, '.1f')}",
+    )
     quality.add_row("model AUC (progressive, predict before learn)", _fmt(result.auc_model))
     quality.add_row("prior-only AUC (rules points)", _fmt(result.auc_prior))
     quality.add_row("blended score AUC", _fmt(result.auc_blended))

@@ -37,7 +37,9 @@ class CoreSettings(BaseSettings):
     snapshot_every_days: float = Field(default=7.0, gt=0)
     model_epoch_hours: float = Field(default=24.0, gt=0)
     model_seed: int = 42
-    partitions: int = Field(default=1, ge=1, description="Partitions per topic (replay mirrors them).")
+    partitions: int = Field(
+        default=1, ge=1, description="Partitions per topic (replay mirrors them)."
+    )
 
     def to_engine_config(self) -> EngineConfig:
         return EngineConfig(

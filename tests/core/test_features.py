@@ -40,10 +40,12 @@ from strategies import START_AT, event_streams
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 # Generated histories stay shorter than the 60-day ticket retention, so that no ticket is
-# forgotten and the batch oracle below needs no pruning of its own.
+# forgotten and the batch oracle below needs no pruning of its own. Short ones crowd events
+# onto the same instants, where ties must be broken the same way whatever the order.
 SPAN = timedelta(days=50)
-streams_with_cancels = event_streams(
-    start_at=START_AT, span=SPAN, kinds=("login", "purchase", "return", "ticket", "cancel")
+ALL_KINDS = ("login", "purchase", "return", "ticket", "cancel")
+streams_with_cancels = event_streams(start_at=START_AT, span=SPAN, kinds=ALL_KINDS) | event_streams(
+    start_at=START_AT, span=timedelta(days=2), kinds=ALL_KINDS
 )
 
 _counter = iter(range(1_000_000))

@@ -48,12 +48,16 @@ class AlertRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = ALERT_SCHEMA_VERSION
-    alert_id: str = Field(min_length=1, description="Deterministic: the same events give the same id.")
+    alert_id: str = Field(
+        min_length=1, description="Deterministic: the same events give the same id."
+    )
     customer_id: str = Field(min_length=1)
     rule: str = Field(min_length=1, description="The name of the rule that fired.")
     severity: AlertSeverity
     action: Action
-    score: Rounded = Field(ge=0, le=100, description="Engagement score 0..100, higher is healthier.")
+    score: Rounded = Field(
+        ge=0, le=100, description="Engagement score 0..100, higher is healthier."
+    )
     previous_score: Rounded | None = Field(
         description="The score the change is measured from (one to two weeks earlier)."
     )
@@ -62,7 +66,9 @@ class AlertRecord(BaseModel):
     reasons: list[Reason]
     summary: str = Field(description="One sentence: the change and its main factors.")
     segment: str
-    event_ts: AwareDatetime = Field(description="Event time of the event (or sweep) that triggered it.")
+    event_ts: AwareDatetime = Field(
+        description="Event time of the event (or sweep) that triggered it."
+    )
     emitted_at: AwareDatetime = Field(
         description="The event-time watermark at which it was decided (not the wall clock)."
     )

@@ -335,9 +335,7 @@ def sweep_one(
             extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
         if due - last in policy.config.silence_checkpoints:
             state = replace(state, pending=(*state.pending, Snapshot(due, "silence", x)))
-        state, made = _decide(
-            state, scoring, x, extra, extra_states, emitted_at=due, policy=policy
-        )
+        state, made = _decide(state, scoring, x, extra, extra_states, emitted_at=due, policy=policy)
         records.extend(made)
     outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
     return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
@@ -433,4 +431,3 @@ def process_event(
     )
     records.extend(made)
     return StepResult(state, "processed", tuple(records), tuple(examples), scoring)
-

@@ -16,10 +16,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
 )
+
+from pydantic_core import PydanticCustomError
 
 from churnwatch.core.errors import BadEventError, ReasonCode
 
@@ -35,6 +38,17 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _iso_text(value: object) -> object:
+    # Only ISO 8601 text: pydantic would otherwise read a number as a Unix time.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "datetime_type", "Input should be an ISO 8601 string with a time zone"
+        )
+    return value
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         msg = f"must be a finite number, got {value}"
@@ -43,7 +57,7 @@ def _finite(value: float) -> float:
 
 
 Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
-Timestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 Amount = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False), AfterValidator(_finite)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
@@ -114,9 +128,14 @@ def _reason_for(error_type: str) -> ReasonCode:
         return "missing_field"
     if error_type in ("timezone_aware",):
         return "naive_timestamp"
-    if error_type.endswith("_type") or error_type.endswith("_parsing") or error_type in (
-        "model_attributes_type",
-        "literal_error",
+    if (
+        error_type.endswith("_type")
+        or error_type.endswith("_parsing")
+        or error_type
+        in (
+            "model_attributes_type",
+            "literal_error",
+        )
     ):
         return "wrong_type" if error_type != "literal_error" else "invalid_value"
     return "invalid_value"

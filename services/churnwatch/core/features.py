@@ -81,6 +81,7 @@ class FeatureConfig:
     long: timedelta = timedelta(days=30)
     """Time constant of the long decayed rates (logins, low CSAT)."""
     purchase_short: timedelta = timedelta(days=30)
+    """Time constant of the short purchase rate."""
     purchase_long: timedelta = timedelta(days=90)
     """Time constant of the long purchase rate, spend and returns."""
     never_days: float = 365.0

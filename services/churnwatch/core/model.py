@@ -213,11 +213,16 @@ class Scorer:
                 values are all fine (see the module docstring); `x` is not changed.
 
         Returns:
-            The probability, clipped to [1e-6, 1 - 1e-6].
+            The probability, clipped to [1e-6, 1 - 1e-6]; 0.5 before the first `learn_one`.
         """
         return self._predict_prepared(self._prepare(x))
 
     def _predict_prepared(self, xt: dict[str, float]) -> float:
+        if self._n_labels == 0:
+            # Nothing learned: no opinion. River's ARF builds its ensemble on the first
+            # predict_proba_one (sizing its feature subspaces from that input), so a predict
+            # before any learn would change the model; this keeps predicting read-only.
+            return 0.5
         proba = self._pipeline.predict_proba_one(xt)
         total = sum(proba.values())
         p = proba.get(True, 0.0) / total if total > 0 else 0.5

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     Strict,
     TypeAdapter,
     ValidationError,
@@ -114,7 +116,10 @@ def _unknown(what: str, value: object, options: tuple[str, ...]) -> str:
 def _path(loc: Loc) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text
 
 
@@ -142,7 +147,15 @@ def _check_name(value: str) -> str:
     return value
 
 
+def _check_version(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        msg = f"must be a non-empty string without spaces such as '2026.11.1', got {_short(value)}"
+        raise ValueError(msg)
+    return value
+
+
 Name = Annotated[str, Strict(), AfterValidator(_check_name)]
+Version = Annotated[str, Strict(), AfterValidator(_check_version)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
@@ -216,6 +229,7 @@ class PointRule(_Model):
         """
         The `above` or `below` value, whichever is set.
         """
+        # validation sets exactly one of them
         return self.above if self.above is not None else self.below  # type: ignore[return-value]
 
     def matches(self, value: float) -> bool:
@@ -243,24 +257,37 @@ def _format_label(label: str, value: float, threshold: float) -> str:
     )
 
 
-class Prior(_Model):
+class _Profile(_Model):
+    base: ScoreValue
+    points: tuple[PointRule, ...] = ()
+    # (feature, above or +inf, below or -inf, rule): one comparison pair per rule and event
+    _table: tuple[tuple[str, float, float, PointRule], ...] = PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._table = tuple(
+            (
+                rule.feature,
+                math.inf if rule.above is None else rule.above,
+                -math.inf if rule.below is None else rule.below,
+                rule,
+            )
+            for rule in self.points
+        )
+
+
+class Prior(_Profile):
     """
     The points-based health score: `base` plus the points of every matching rule.
     """
 
-    base: ScoreValue
-    points: tuple[PointRule, ...] = ()
 
-
-class Onboarding(_Model):
+class Onboarding(_Profile):
     """
     The prior's profile for customers with little history (young or with few events).
     """
 
     max_tenure_days: Positive
     min_events: Annotated[int, Strict(), Field(ge=0)]
-    base: ScoreValue
-    points: tuple[PointRule, ...] = ()
 
 
 class ScoreRule(_Model):
@@ -472,7 +499,7 @@ class RulesFile(_Model):
     A whole rules file.
     """
 
-    version: Annotated[str, Strict(), Field(min_length=1, pattern=r"\S")]
+    version: Version
     segments: Segments
     prior: Prior
     onboarding: Onboarding
@@ -601,6 +628,7 @@ def parse_rules(text: str, *, source: str = "<string>") -> RulesFile:
         ConfigError: every problem found, one per line, as `source:line: field: message`.
     """
     try:
+        # the node tree keeps the line of every key and item; the data is what pydantic reads
         root = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
     except yaml.MarkedYAMLError as exc:
@@ -624,14 +652,13 @@ def parse_rules(text: str, *, source: str = "<string>") -> RulesFile:
         except ValidationError as exc:
             issues.extend(_from_pydantic(exc))
             issues.extend(_partial_cross_issues(data))
-    if issues:
-        lines: dict[str, int] = {}
-        for loc, message in issues:
-            line = _line_of(root, loc)
-            lines.setdefault(f"{source}:{line}: {_path(loc) or '(top level)'}: {message}", line)
-        raise ConfigError("\n".join(sorted(lines, key=lines.__getitem__)))
-    assert rules is not None  # no issues means the model validated
-    return rules
+    if rules is not None and not issues:
+        return rules
+    lines: dict[str, int] = {}  # one line per issue, in file order, duplicates dropped
+    for loc, message in issues:
+        line = _line_of(root, loc)
+        lines.setdefault(f"{source}:{line}: {_path(loc) or '(top level)'}: {message}", line)
+    raise ConfigError("\n".join(sorted(lines, key=lines.__getitem__)))
 
 
 _Loader: Final[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = getattr(
@@ -696,6 +723,16 @@ def _from_pydantic(exc: ValidationError) -> list[Issue]:
                 close = difflib.get_close_matches(str(error["input"]), options, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 message = f"{message}, got {_short(error['input'])}{hint}"
+            elif kind == "too_short":
+                size = ctx.get("min_length", 1)
+                message = f"must have at least {size} item{'s' if size != 1 else ''}"
+                message = f"{message} (omit the key to match any), got {_short(error['input'])}"
+            elif kind == "invalid_key":
+                loc = loc[:-1]  # pydantic puts the key there, as an int for True and False
+                message = (
+                    f"key {_short(error['input'])} must be a string (YAML reads unquoted yes,"
+                    " no, on and off as booleans: quote the key)"
+                )
             elif kind == "string_type" and isinstance(error["input"], int | float):
                 message = f"{message}, got {_short(error['input'])} (quote it)"
             else:
@@ -879,18 +916,14 @@ def prior_points(rules: RulesFile, x: Mapping[str, float]) -> PriorResult:
         The score, the churn probability it implies, and the rules that matched.
     """
     onboarding = is_onboarding(rules, x)
-    profile: Prior | Onboarding = rules.onboarding if onboarding else rules.prior
+    profile: _Profile = rules.onboarding if onboarding else rules.prior
     total = profile.base
     hits: list[PointHit] = []
-    for rule in profile.points:
-        value = x.get(rule.feature)
-        if value is None:
-            continue
-        # PointRule.matches inlined: this runs for every scored event
-        above, below = rule.above, rule.below
-        if (above is not None and value > above) or (below is not None and value < below):
+    for feature, above, below, rule in profile._table:
+        value = x.get(feature)
+        if value is not None and (value > above or value < below):
             total += rule.points
-            hits.append(PointHit(rule.feature, rule.points, rule.text(value), value))
+            hits.append(PointHit(feature, rule.points, rule.text(value), value))
     score = min(100.0, max(0.0, total))
     return PriorResult(score, (100.0 - score) / 100.0, onboarding, tuple(hits))
 

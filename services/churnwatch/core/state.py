@@ -179,5 +179,3 @@ def _must(at: datetime | None) -> datetime:
         msg = "customer state: a required time is missing"
         raise ValueError(msg)
     return at
-
-

@@ -36,7 +36,9 @@ class DemoResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _pick_examples(alerts: list[AlertRecord], truths: dict[str, ChurnTruth], n: int) -> list[AlertRecord]:
+def _pick_examples(
+    alerts: list[AlertRecord], truths: dict[str, ChurnTruth], n: int
+) -> list[AlertRecord]:
     """Up to n example alerts: different rules first, customers who then churned first."""
     chosen: list[AlertRecord] = []
     rules_used: set[str] = set()

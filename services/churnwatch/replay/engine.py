@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from churnwatch.core.alerts import AlertRecord
-from churnwatch.core.engine import ModelView, Policy, StepResult, next_due_at, process_event, sweep_one
+from churnwatch.core.engine import (
+    ModelView,
+    Policy,
+    StepResult,
+    next_due_at,
+    process_event,
+    sweep_one,
+)
 from churnwatch.core.errors import BadEventError, ReasonCode
 from churnwatch.core.events import EPOCH, parse_event
 from churnwatch.core.labels import Example

@@ -53,8 +53,8 @@ PURCHASE_ONLY_SHARE: Final = 0.15
 
 # Probability of each story (loyal takes what is left), for customers present at the start and
 # for those who join during the period. Churn stories are scaled per segment below.
-_STORY_P_EXISTING: Final = (0.0, 0.12, 0.10, 0.06, 0.01, 0.05)
-_STORY_P_NEW: Final = (0.0, 0.08, 0.07, 0.05, 0.18, 0.07)
+_STORY_P_EXISTING: Final = (0.0, 0.12, 0.10, 0.06, 0.01, 0.035)
+_STORY_P_NEW: Final = (0.0, 0.08, 0.07, 0.05, 0.18, 0.05)
 _CHURN_STORY_SCALE: Final = (1.15, 0.9, 0.6)  # starter, growth, enterprise
 _CANCEL_P: Final = (0.15, 0.15, 0.10, 0.50, 0.40, 0.35)  # explicit cancel at churn, per story
 
@@ -117,7 +117,7 @@ def _pick(rng: np.random.Generator, probs: F64) -> I8:
     One category per row of `probs` (rows sum to 1).
     """
     cum = np.cumsum(probs, axis=1)
-    u: F64 = rng.random(probs.shape[0])
+    u = rng.random(int(probs.shape[0]))
     picked: I8 = np.minimum((u[:, None] > cum).sum(axis=1), probs.shape[1] - 1).astype(np.int8)
     return picked
 
@@ -187,7 +187,7 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     start = np.maximum(base_day, between(0, -10.0, span - 20.0))
     dip_start[m] = start[m]
     dip_ramp[m] = between(1, 4.0, 10.0)[m]
-    dip_depth[m] = between(2, 1.0, 2.0)[m]
+    dip_depth[m] = between(2, 0.9, 1.7)[m]
     recover_at[m] = (start + between(3, 18.0, 40.0))[m]
     recover_len[m] = between(4, 4.0, 10.0)[m]
 

@@ -82,8 +82,8 @@ THETA: Final = 0.1
 """Daily pull of health toward the story's level."""
 SIGMA: Final = 0.08
 """Daily noise of health."""
-HAZARD_BASE: Final = 1.1e-3
-HAZARD_SLOPE: Final = 2.1
+HAZARD_BASE: Final = 3.2e-3
+HAZARD_SLOPE: Final = 3.0
 
 _HOUR_WEIGHTS: Final = np.array(
     [
@@ -407,7 +407,8 @@ class _Run:
         failing_today = act & (pop.failure_day == d)
         # A customer who is still a customer is never silent for 30 days (see the module doc).
         quiet = (logins + purchases + tickets == 0) & ~failing_today
-        forced = act & quiet & (joining | (d - self.last_day >= pop.gap_limit))
+        first_day = joining & (pop.join_day > 0)
+        forced = act & quiet & (first_day | (d - self.last_day >= pop.gap_limit))
         logs_in = pop.login_rate > 0
         logins += forced & logs_in
         purchases += forced & ~logs_in

@@ -1,0 +1,173 @@
+"""
+The per-customer step: dedup, scoring, the sweep in event time, labels and alerts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from churnwatch.core import state as st
+from churnwatch.core.engine import EngineConfig, Policy, StepResult, next_due_at, process_event, sweep_one
+from churnwatch.core.events import Event, LoginEvent, PurchaseEvent, TicketEvent
+from churnwatch.core.model import Scorer
+from churnwatch.core.rules import default_rules
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = Policy.build(default_rules(), EngineConfig())
+MODEL = Scorer()
+
+
+def model_for(_: datetime) -> Scorer:
+    return MODEL
+
+
+def at(day: float) -> datetime:
+    return T0 + timedelta(days=day)
+
+
+def login(day: float, n: int = 0, customer: str = "c1") -> LoginEvent:
+    return LoginEvent(event_id=f"l{day}-{n}", type="login", customer_id=customer, ts=at(day))
+
+
+def purchase(day: float, amount: float = 50.0) -> PurchaseEvent:
+    return PurchaseEvent(event_id=f"p{day}", type="purchase", customer_id="c1", ts=at(day),
+                         amount=amount, currency="EUR", order_id=f"o{day}")
+
+
+def run(events: list[Event]) -> tuple[st.CustomerState, list[StepResult]]:
+    state = None
+    steps = []
+    for event in events:
+        step = process_event(state, event, watermark=event.ts - timedelta(hours=1),
+                             model_for=model_for, policy=POLICY)
+        steps.append(step)
+        state = step.state
+    assert state is not None
+    return state, steps
+
+
+def active_history(days: int = 30) -> list[Event]:
+    return [login(d) for d in range(days)] + [purchase(d + 0.5) for d in range(0, days, 7)]
+
+
+def sorted_events(events: list[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: e.ts)
+
+
+def test_a_redelivered_event_changes_nothing() -> None:
+    """
+    The same event_id twice: the second is a duplicate and the state stays as it was.
+    """
+    state, _ = run([login(0), login(1)])
+    again = process_event(state, login(1), watermark=at(1), model_for=model_for, policy=POLICY)
+    assert "duplicate" == again.outcome
+    assert state == again.state
+    assert () == again.alerts
+
+
+def test_an_active_customer_scores_healthy_and_raises_no_alert() -> None:
+    """
+    Daily logins and weekly purchases keep the score high and quiet.
+    """
+    state, steps = run(sorted_events(active_history()))
+    assert state.score is not None and state.score > 60
+    assert [] == [a for s in steps for a in s.alerts]
+
+
+def test_the_sweep_fires_inactivity_at_its_own_time() -> None:
+    """
+    Silent after day 29, the customer gets gone_quiet decided at day 50, whenever the sweep runs.
+    """
+    state, _ = run(sorted_events(active_history()))
+    result = sweep_one(state, until=at(80), model_for=model_for, policy=POLICY)
+    quiet = [a for a in result.alerts if a.rule == "gone_quiet"]
+    assert 1 == len(quiet)
+    assert at(29 + 21) == quiet[0].event_ts == quiet[0].emitted_at
+    assert quiet[0].reasons, "every alert is explained"
+
+
+def test_the_sweep_does_not_depend_on_how_often_it_runs() -> None:
+    """
+    One sweep to day 80 and a sweep every few hours to day 80 give the same state and alerts.
+    """
+    state, _ = run(sorted_events(active_history()))
+    once = sweep_one(state, until=at(80), model_for=model_for, policy=POLICY)
+    stepped = state
+    alerts = []
+    examples = []
+    t = at(29)
+    while t < at(80):
+        t = min(t + timedelta(hours=7), at(80))
+        r = sweep_one(stepped, until=t, model_for=model_for, policy=POLICY)
+        stepped = r.state
+        alerts += r.alerts
+        examples += r.examples
+    assert once.state == stepped
+    assert list(once.alerts) == alerts
+    assert list(once.examples) == examples
+
+
+def test_silence_past_the_horizon_gives_positive_examples() -> None:
+    """
+    Thirty days of silence after the last event turn the pending snapshots into churn labels.
+    """
+    state, _ = run(sorted_events(active_history()))
+    result = sweep_one(state, until=at(29 + 31), model_for=model_for, policy=POLICY)
+    assert result.examples
+    assert all(e.churned for e in result.examples)
+    assert all(e.resolved_at <= at(60) for e in result.examples)
+
+
+def test_a_late_event_catches_up_the_silence_first() -> None:
+    """
+    An event after a long silence first lets the sweep decide what the silence meant.
+    """
+    state, _ = run(sorted_events(active_history()))
+    back = process_event(state, login(70), watermark=at(70), model_for=model_for, policy=POLICY)
+    assert "gone_quiet" in [a.rule for a in back.alerts]
+    assert any(e.churned for e in back.examples)
+    assert at(70) == back.state.last_activity_at
+
+
+def test_periodic_samples_become_negative_examples() -> None:
+    """
+    A steadily active customer yields negative examples, about one per week.
+    """
+    _, steps = run(sorted_events(active_history(60)))
+    examples = [e for s in steps for e in s.examples]
+    assert 6 <= len(examples) <= 9
+    assert not any(e.churned for e in examples)
+
+
+def test_urgent_ticket_alert_is_explained_and_routed() -> None:
+    """
+    An open urgent ticket raises urgent_ticket with a route and reasons.
+    """
+    events: list[Event] = sorted_events(active_history(20))
+    events.append(TicketEvent(event_id="t1", type="ticket", customer_id="c1", ts=at(20.2),
+                              ticket_id="k1", severity="urgent", status="open"))
+    _, steps = run(events)
+    alerts = steps[-1].alerts
+    assert ["urgent_ticket"] == [a.rule for a in alerts]
+    assert alerts[0].action in ("email", "csm_task")
+    assert POLICY.rules_version == alerts[0].rules_version
+    assert MODEL.version == alerts[0].model_version
+
+
+def test_state_round_trips_through_a_flat_dict() -> None:
+    """
+    After scoring, sweeping and alerting, the state survives to_dict/from_dict unchanged.
+    """
+    state, _ = run(sorted_events(active_history()))
+    state = sweep_one(state, until=at(55), model_for=model_for, policy=POLICY).state
+    flat = st.to_dict(state)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
+    assert state == st.from_dict(flat)
+
+
+def test_next_due_is_the_first_silence_checkpoint() -> None:
+    """
+    After the last event, the sweep's next work is at the first silence checkpoint.
+    """
+    state, _ = run(sorted_events(active_history()))
+    assert at(29 + 7) == next_due_at(state, POLICY)

@@ -1,0 +1,90 @@
+"""
+Explanations: factors add up to the change, come in plain words with numbers, largest first.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from churnwatch.core import explain
+
+NAMES = ["login_trend", "open_urgent_tickets", "return_rate", "days_since_event"]
+
+
+def test_reasons_are_signed_shares_of_the_change() -> None:
+    """
+    The shares of all factors add up to the change; the top ones push in its direction.
+    """
+    before = {"login_trend": 0.01, "open_urgent_tickets": 0.0}
+    now = {"login_trend": 0.10, "open_urgent_tickets": 0.06, "return_rate": 0.03}
+    x = {"login_trend": 0.4, "open_urgent_tickets": 2.0, "return_rate": 1 / 30}
+    items = explain.reasons(now, before, change=0.18, x=x, top=3)
+    assert ["login_trend", "open_urgent_tickets", "return_rate"] == [r.factor for r in items]
+    assert math.isclose(0.18, sum(r.contribution for r in items), abs_tol=1e-3)
+    assert "logins down 60% vs. the 30-day average" == items[0].text
+    assert "2 urgent tickets open" == items[1].text
+
+
+def test_summary_reads_like_the_design() -> None:
+    """
+    The summary gives the change and each reason with its share.
+    """
+    now = {"login_trend": 0.09, "open_urgent_tickets": 0.06, "return_rate": 0.03}
+    x = {"login_trend": 0.4, "open_urgent_tickets": 2.0, "return_rate": 1 / 30}
+    items = explain.reasons(now, {}, change=0.18, x=x)
+    expected = (
+        "risk +0.18: logins down 60% vs. the 30-day average (+0.09), "
+        "2 urgent tickets open (+0.06), 1.0 returns a month lately (+0.03)"
+    )
+    assert expected == explain.summary(0.18, items)
+
+
+@given(
+    now=st.dictionaries(st.sampled_from(NAMES), st.floats(-1, 1), min_size=1),
+    before=st.dictionaries(st.sampled_from(NAMES), st.floats(-1, 1)),
+    change=st.floats(-1, 1),
+)
+def test_all_shares_add_up_to_the_change(now: dict[str, float], before: dict[str, float], change: float) -> None:
+    """
+    With every factor listed, the shares add up to the change (up to rounding) whenever the
+    factors moved at all.
+    """
+    items = explain.reasons(now, before, change=change, x={}, top=len(NAMES))
+    moved = sum(now.get(n, 0) - before.get(n, 0) for n in NAMES)
+    if abs(moved) > 1e-6:
+        assert math.isclose(change, sum(r.contribution for r in items), abs_tol=1e-4 * len(NAMES))
+
+
+def test_model_factors_split_the_probability_above_baseline() -> None:
+    """
+    The model's factors add up to its probability minus the probability at the bias alone.
+    """
+    bias = -2.0
+    contributions = {"a": 1.0, "b": 0.5, "c": -0.5}
+    p = 1 / (1 + math.exp(-(bias + 1.0)))
+    factors = explain.model_factors(p, contributions)
+    base = 1 / (1 + math.exp(-bias))
+    assert math.isclose(p - base, sum(factors.values()))
+    assert factors["a"] > factors["b"] > 0 > factors["c"]
+
+
+def test_blend_weights_model_and_prior() -> None:
+    """
+    Blended factors are the weighted sum of the model's and the prior's.
+    """
+    out = explain.blend_factors({"a": 0.2}, {"a": 0.1, "b": 0.3}, weight=0.25)
+    assert math.isclose(0.125, out["a"])
+    assert math.isclose(0.225, out["b"])
+
+
+def test_every_known_feature_has_words() -> None:
+    """
+    Each feature the rules may name is described in words, not as a raw name.
+    """
+    from churnwatch.core.rules import KNOWN_FEATURES
+
+    for name in KNOWN_FEATURES:
+        assert not explain.describe(name, {name: 1.0}).startswith(name)
