@@ -24,8 +24,9 @@ class ProbeError(Exception):
     """The broker did not answer as a Kafka broker should."""
 
 
-def _request(sock: socket.socket, api_key: int, api_version: int, correlation_id: int,
-             body: bytes) -> bytes:
+def _request(
+    sock: socket.socket, api_key: int, api_version: int, correlation_id: int, body: bytes
+) -> bytes:
     header = struct.pack(">hhih", api_key, api_version, correlation_id, len(CLIENT_ID)) + CLIENT_ID
     payload = header + body
     sock.sendall(struct.pack(">i", len(payload)) + payload)
@@ -60,14 +61,12 @@ def probe(host: str, port: int, timeout: float) -> list[tuple[int, str, int]]:
         if error_code != 0:
             msg = f"ApiVersions: expected error code 0, got {error_code}"
             raise ProbeError(msg)
-        versions = {
-            struct.unpack(">hhh", body[6 + 6 * i : 12 + 6 * i])[0]: struct.unpack(
-                ">hhh", body[6 + 6 * i : 12 + 6 * i]
-            )[1:]
-            for i in range(count)
-        }
-        if API_METADATA not in versions or versions[API_METADATA][0] > 0:
-            msg = f"Metadata v0: expected the broker to support it, got versions {versions.get(API_METADATA)}"
+        # Each entry: api_key, min_version, max_version (int16 each).
+        entries = [struct.unpack_from(">hhh", body, 6 + 6 * i) for i in range(count)]
+        versions = {key: (low, high) for key, low, high in entries}
+        if versions.get(API_METADATA, (1, 0))[0] > 0:
+            got = versions.get(API_METADATA)
+            msg = f"expected the broker to support Metadata v0, got Metadata versions {got}"
             raise ProbeError(msg)
         # Metadata v0 with an empty topic list: brokers plus all topics.
         body = _request(sock, API_METADATA, 0, 2, struct.pack(">i", 0))
@@ -98,8 +97,10 @@ def main() -> int:
         print(f"kafka probe {args.address}: {exc}", file=sys.stderr)
         return 1
     if not any(b_port == port for _, _, b_port in brokers):
-        print(f"kafka probe {args.address}: expected a broker advertising port {port}, "
-              f"got {brokers}", file=sys.stderr)
+        print(
+            f"kafka probe {args.address}: expected a broker advertising port {port}, got {brokers}",
+            file=sys.stderr,
+        )
         return 1
     print(f"kafka {args.address}: brokers {brokers}")
     return 0

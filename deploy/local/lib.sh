@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for deploy/local/*.sh (sourced, not run).
 # Every process these scripts start is remembered by PID in a pidfile; only
 # those PIDs are ever signalled, and only while their command line still names
@@ -23,8 +24,9 @@ probe_python() {
 }
 
 require_port_number() { # NAME VALUE
-    [[ "$2" =~ ^[0-9]+$ ]] && ((10#$2 >= 1 && 10#$2 <= 65535)) ||
+    if ! [[ "$2" =~ ^[0-9]+$ ]] || ((10#$2 < 1 || 10#$2 > 65535)); then
         fail "$1: expected a port number in 1..65535, got '$2'"
+    fi
 }
 
 # True when nothing listens on (or holds) 127.0.0.1:PORT.
@@ -62,7 +64,7 @@ pid_is() { # PID NAME
 }
 
 read_pidfile() { # FILE -> prints the PID or nothing
-    [[ -f "$1" ]] && tr -dc '0-9' <"$1" || true
+    if [[ -f "$1" ]]; then tr -dc '0-9' <"$1" || true; fi
 }
 
 # Starts CMD... in its own session, stdin closed, output to LOG, cwd DIR, and
@@ -72,6 +74,7 @@ launch() { # DIR LOG CMD...
     local dir="$1" log="$2"
     shift 2
     (cd "${dir}" && exec setsid "$@" </dev/null >"${log}" 2>&1) &
+    # shellcheck disable=SC2034 # read by the caller
     LAUNCHED_PID="$!"
 }
 

@@ -73,8 +73,9 @@ cleanup_failed_up() {
 }
 
 cmd_up() {
-    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 ||
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         fail "redis-server/redis-cli not found; install them with: bash .ci/install.sh"
+    fi
     local port pid to_start=()
     for port in "${PORTS[@]}"; do
         pid="$(running_pid "${port}")"

@@ -4,9 +4,8 @@ Terminal rendering of results (rich tables); the only place that formats for hum
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -80,10 +79,10 @@ def render_demo(console: Console, result: DemoResult, *, horizon_days: float) ->
     quality.add_row("customers alerted", f"{ev.alerted:,}")
     quality.add_row("alert precision (alerted customers who churned)", _fmt(ev.precision, ".1%"))
     quality.add_row("alert recall (churners alerted in time)", _fmt(ev.recall, ".1%"))
-    quality.add_row(
-        "lead time p10 / median / p90 (days)",
-        f"{_fmt(ev.lead_days_p10, '.1f')} / {_fmt(ev.lead_days_p50, '.1f')} / {_fmt(ev.lead_days_p90, '.1f')}",
+    leads = " / ".join(
+        _fmt(v, ".1f") for v in (ev.lead_days_p10, ev.lead_days_p50, ev.lead_days_p90)
     )
+    quality.add_row("lead time p10 / median / p90 (days)", leads)
     quality.add_row("model AUC (progressive, predict before learn)", _fmt(result.auc_model))
     quality.add_row("prior-only AUC (rules points)", _fmt(result.auc_prior))
     quality.add_row("blended score AUC", _fmt(result.auc_blended))

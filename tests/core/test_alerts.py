@@ -26,7 +26,9 @@ def run_scores(scores: list[tuple[float, float]], segment: str = "starter") -> l
     states: dict[str, al.RuleState] = {}
     fired = []
     for day, score in scores:
-        changed, decisions = al.evaluate_score(states, score=score, segment=segment, at=at(day), rules=RULES)
+        changed, decisions = al.evaluate_score(
+            states, score=score, segment=segment, at=at(day), rules=RULES
+        )
         states.update(changed)
         fired += [day for _ in decisions]
     return fired
@@ -61,18 +63,29 @@ def test_decline_rule_needs_the_drop_within_the_window() -> None:
     """
     A fall of 25 points against an anchor within 14 days fires; an older anchor does not.
     """
-    _, decisions = al.evaluate_decline({}, score=50, anchor_score=76, anchor_at=at(0), at=at(10), rules=RULES)
+    _, decisions = al.evaluate_decline(
+        {}, score=50, anchor_score=76, anchor_at=at(0), at=at(10), rules=RULES
+    )
     assert ["sharp_decline"] == [d.rule for d in decisions]
-    _, decisions = al.evaluate_decline({}, score=50, anchor_score=76, anchor_at=at(0), at=at(15), rules=RULES)
+    _, decisions = al.evaluate_decline(
+        {}, score=50, anchor_score=76, anchor_at=at(0), at=at(15), rules=RULES
+    )
     assert [] == decisions
-    _, decisions = al.evaluate_decline({}, score=52, anchor_score=76, anchor_at=at(0), at=at(10), rules=RULES)
+    _, decisions = al.evaluate_decline(
+        {}, score=52, anchor_score=76, anchor_at=at(0), at=at(10), rules=RULES
+    )
     assert [] == decisions
 
 
 def ticket(day: float, severity: str = "urgent", status: str = "open", n: int = 0) -> TicketEvent:
     return TicketEvent(
-        event_id=f"t{day}-{n}", type="ticket", customer_id="c", ts=at(day),
-        ticket_id=f"k{day}-{n}", severity=severity, status=status,  # type: ignore[arg-type]
+        event_id=f"t{day}-{n}",
+        type="ticket",
+        customer_id="c",
+        ts=at(day),
+        ticket_id=f"k{day}-{n}",
+        severity=severity,
+        status=status,  # type: ignore[arg-type]
     )
 
 
@@ -133,9 +146,17 @@ def test_alert_ids_are_deterministic_and_distinct() -> None:
     """
     a = al.alert_id_for("c1", "low_engagement", at(3))
     assert a == al.alert_id_for("c1", "low_engagement", at(3))
-    assert len({a, al.alert_id_for("c2", "low_engagement", at(3)),
+    assert (
+        len(
+            {
+                a,
+                al.alert_id_for("c2", "low_engagement", at(3)),
                 al.alert_id_for("c1", "sharp_decline", at(3)),
-                al.alert_id_for("c1", "low_engagement", at(4))}) == 4
+                al.alert_id_for("c1", "low_engagement", at(4)),
+            }
+        )
+        == 4
+    )
 
 
 class ScoreLifecycle(RuleBasedStateMachine):

@@ -7,7 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from churnwatch.core import state as st
-from churnwatch.core.engine import EngineConfig, Policy, StepResult, next_due_at, process_event, sweep_one
+from churnwatch.core.engine import (
+    EngineConfig,
+    Policy,
+    StepResult,
+    next_due_at,
+    process_event,
+    sweep_one,
+)
 from churnwatch.core.events import Event, LoginEvent, PurchaseEvent, TicketEvent
 from churnwatch.core.model import Scorer
 from churnwatch.core.rules import default_rules
@@ -30,16 +37,28 @@ def login(day: float, n: int = 0, customer: str = "c1") -> LoginEvent:
 
 
 def purchase(day: float, amount: float = 50.0) -> PurchaseEvent:
-    return PurchaseEvent(event_id=f"p{day}", type="purchase", customer_id="c1", ts=at(day),
-                         amount=amount, currency="EUR", order_id=f"o{day}")
+    return PurchaseEvent(
+        event_id=f"p{day}",
+        type="purchase",
+        customer_id="c1",
+        ts=at(day),
+        amount=amount,
+        currency="EUR",
+        order_id=f"o{day}",
+    )
 
 
 def run(events: list[Event]) -> tuple[st.CustomerState, list[StepResult]]:
     state = None
     steps = []
     for event in events:
-        step = process_event(state, event, watermark=event.ts - timedelta(hours=1),
-                             model_for=model_for, policy=POLICY)
+        step = process_event(
+            state,
+            event,
+            watermark=event.ts - timedelta(hours=1),
+            model_for=model_for,
+            policy=POLICY,
+        )
         steps.append(step)
         state = step.state
     assert state is not None
@@ -70,7 +89,8 @@ def test_an_active_customer_scores_healthy_and_raises_no_alert() -> None:
     Daily logins and weekly purchases keep the score high and quiet.
     """
     state, steps = run(sorted_events(active_history()))
-    assert state.score is not None and state.score > 60
+    assert state.score is not None
+    assert state.score > 60
     assert [] == [a for s in steps for a in s.alerts]
 
 
@@ -144,8 +164,17 @@ def test_urgent_ticket_alert_is_explained_and_routed() -> None:
     An open urgent ticket raises urgent_ticket with a route and reasons.
     """
     events: list[Event] = sorted_events(active_history(20))
-    events.append(TicketEvent(event_id="t1", type="ticket", customer_id="c1", ts=at(20.2),
-                              ticket_id="k1", severity="urgent", status="open"))
+    events.append(
+        TicketEvent(
+            event_id="t1",
+            type="ticket",
+            customer_id="c1",
+            ts=at(20.2),
+            ticket_id="k1",
+            severity="urgent",
+            status="open",
+        )
+    )
     _, steps = run(events)
     alerts = steps[-1].alerts
     assert ["urgent_ticket"] == [a.rule for a in alerts]

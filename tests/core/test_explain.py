@@ -47,7 +47,9 @@ def test_summary_reads_like_the_design() -> None:
     before=st.dictionaries(st.sampled_from(NAMES), st.floats(-1, 1)),
     change=st.floats(-1, 1),
 )
-def test_all_shares_add_up_to_the_change(now: dict[str, float], before: dict[str, float], change: float) -> None:
+def test_all_shares_add_up_to_the_change(
+    now: dict[str, float], before: dict[str, float], change: float
+) -> None:
     """
     With every factor listed, the shares add up to the change (up to rounding) whenever the
     factors moved at all.

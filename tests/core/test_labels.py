@@ -36,7 +36,9 @@ def test_event_candidates_resolving_negative_are_dropped() -> None:
     """
     The candidate at the latest event is not learned when the customer comes back in time.
     """
-    pending, examples = resolve_on_activity("c", (snap(0, "event"),), at=T0 + timedelta(days=3), horizon=H)
+    pending, examples = resolve_on_activity(
+        "c", (snap(0, "event"),), at=T0 + timedelta(days=3), horizon=H
+    )
     assert ((), []) == (pending, examples)
 
 
@@ -44,7 +46,9 @@ def test_activity_after_the_horizon_resolves_positive() -> None:
     """
     An activity later than H after a snapshot makes it positive (the customer had churned).
     """
-    _, examples = resolve_on_activity("c", (snap(0, "event"),), at=T0 + timedelta(days=31), horizon=H)
+    _, examples = resolve_on_activity(
+        "c", (snap(0, "event"),), at=T0 + timedelta(days=31), horizon=H
+    )
     assert [True] == [e.churned for e in examples]
 
 
@@ -62,7 +66,9 @@ def test_silence_resolves_positive_once_the_horizon_has_passed() -> None:
     A snapshot becomes positive when the watermark reaches its time plus H, not before.
     """
     s = snap(0)
-    assert ((s,), []) == resolve_on_silence("c", (s,), watermark=T0 + H - timedelta(seconds=1), horizon=H)
+    assert ((s,), []) == resolve_on_silence(
+        "c", (s,), watermark=T0 + H - timedelta(seconds=1), horizon=H
+    )
     pending, examples = resolve_on_silence("c", (s,), watermark=T0 + H, horizon=H)
     assert () == pending
     assert [(T0, T0 + H, True)] == [(e.taken_at, e.resolved_at, e.churned) for e in examples]
@@ -72,7 +78,9 @@ def test_cancellation_makes_every_earlier_snapshot_positive() -> None:
     """
     An explicit cancellation labels every snapshot taken up to it as churned.
     """
-    examples = resolve_on_cancel("c", (snap(0, "event"), snap(2), snap(9)), at=T0 + timedelta(days=5))
+    examples = resolve_on_cancel(
+        "c", (snap(0, "event"), snap(2), snap(9)), at=T0 + timedelta(days=5)
+    )
     assert [True, True] == [e.churned for e in examples]
 
 

@@ -5,6 +5,7 @@ The local service stack: the broker, Redis, the stack script and the Prometheus 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -50,7 +51,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> dict[TopicPartit
 
 def consume_to(consumer: KafkaConsumer, ends: dict[TopicPartition, int]) -> list[bytes]:
     """
-    Polls until the consumer owns the partitions and stands at the given offsets; returns the values.
+    Polls until the consumer owns the partitions and stands at the given offsets; returns values.
 
     The target offsets come from the producer's acknowledgements rather than
     `end_offsets()`: Tansu 0.6.0 answers ListOffsets(latest) with the last batch's
@@ -153,16 +154,23 @@ class Stack:
 
 def free_ports(count: int) -> list[int]:
     """
-    Ports on 127.0.0.1 that nothing holds right now (the kernel picks them).
+    Ports on 127.0.0.1 that nothing holds right now.
+
+    They are drawn below the kernel's ephemeral range (32768 and up on Linux), so
+    client connections made meanwhile cannot take them before the stack binds them.
     """
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    chosen: list[int] = []
+    for port in random.sample(range(20_000, 32_000), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    pytest.fail(f"expected {count} free ports in 20000..31999, found {chosen}")
 
 
 def run_stack(script: Path, command: str, stack: Stack) -> subprocess.CompletedProcess[str]:

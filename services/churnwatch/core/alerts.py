@@ -210,10 +210,7 @@ def evaluate_decline(
 def _matches(rule: EventRule, event: Event) -> bool:
     if event.type != rule.event:
         return False
-    for field, allowed in rule.where.items():
-        if str(getattr(event, field, None)) not in allowed:
-            return False
-    return True
+    return all(str(getattr(event, name, None)) in allowed for name, allowed in rule.where.items())
 
 
 def evaluate_event(

@@ -31,7 +31,7 @@ class ChurnwatchError(Exception):
 class BadEventError(ChurnwatchError):
     """An incoming event failed validation. Dead-letter it; keep running."""
 
-    def __init__(self, reason: ReasonCode, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: ReasonCode, field: str | None = None) -> None:
         super().__init__(message)
         self.reason: ReasonCode = reason
         self.message = message

@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     ValidationError,
 )
-
 from pydantic_core import PydanticCustomError
 
 from churnwatch.core.errors import BadEventError, ReasonCode
@@ -43,9 +42,9 @@ def _iso_text(value: object) -> object:
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str):
-        raise PydanticCustomError(
-            "datetime_type", "Input should be an ISO 8601 string with a time zone"
-        )
+        msg = "Input should be an ISO 8601 string with a time zone"
+        kind = "datetime_type"
+        raise PydanticCustomError(kind, msg)
     return value
 
 
@@ -168,17 +167,17 @@ def parse_event(
     """
     if len(raw) > max_bytes:
         msg = f"payload is {len(raw)} bytes, more than the limit of {max_bytes}"
-        raise BadEventError("oversize", msg)
+        raise BadEventError(msg, reason="oversize")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         msg = f"payload is not UTF-8: {exc.reason} at byte {exc.start}"
-        raise BadEventError("not_utf8", msg) from None
+        raise BadEventError(msg, reason="not_utf8") from None
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         msg = f"payload is not JSON: {exc}"
-        raise BadEventError("malformed_json", msg) from None
+        raise BadEventError(msg, reason="malformed_json") from None
     return event_from_dict(obj, not_after=not_after)
 
 
@@ -188,15 +187,16 @@ def event_from_dict(obj: object, *, not_after: datetime | None = None) -> Event:
     """
     if not isinstance(obj, dict):
         msg = f"payload must be a JSON object, got {type(obj).__name__}"
-        raise BadEventError("not_an_object", msg)
+        raise BadEventError(msg, reason="not_an_object")
     kind = obj.get("type")
     if kind is None:
-        raise BadEventError("missing_field", "type: field required", field="type")
+        msg = "type: field required"
+        raise BadEventError(msg, reason="missing_field", field="type")
     model = MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         expected = ", ".join(EVENT_TYPES)
         msg = f"type: expected one of {expected}, got {_short(kind)}"
-        raise BadEventError("unknown_type", msg, field="type")
+        raise BadEventError(msg, reason="unknown_type", field="type")
     try:
         event: Event = model.model_validate(obj)  # type: ignore[assignment]
     except ValidationError as exc:
@@ -205,10 +205,10 @@ def event_from_dict(obj: object, *, not_after: datetime | None = None) -> Event:
         reason = _reason_for(first["type"])
         got = "" if first["type"] == "missing" else f", got {_short(first.get('input'))}"
         msg = f"{kind} event: {field}: {first['msg']}{got}"
-        raise BadEventError(reason, msg, field=field) from None
+        raise BadEventError(msg, reason=reason, field=field) from None
     if not_after is not None and event.ts > not_after:
         msg = f"ts: {event.ts.isoformat()} is later than the allowed {not_after.isoformat()}"
-        raise BadEventError("future_timestamp", msg, field="ts")
+        raise BadEventError(msg, reason="future_timestamp", field="ts")
     return event
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     Strict,
     TypeAdapter,
     ValidationError,
@@ -257,37 +255,24 @@ def _format_label(label: str, value: float, threshold: float) -> str:
     )
 
 
-class _Profile(_Model):
-    base: ScoreValue
-    points: tuple[PointRule, ...] = ()
-    # (feature, above or +inf, below or -inf, rule): one comparison pair per rule and event
-    _table: tuple[tuple[str, float, float, PointRule], ...] = PrivateAttr(default=())
-
-    def model_post_init(self, context: Any, /) -> None:
-        self._table = tuple(
-            (
-                rule.feature,
-                math.inf if rule.above is None else rule.above,
-                -math.inf if rule.below is None else rule.below,
-                rule,
-            )
-            for rule in self.points
-        )
-
-
-class Prior(_Profile):
+class Prior(_Model):
     """
     The points-based health score: `base` plus the points of every matching rule.
     """
 
+    base: ScoreValue
+    points: tuple[PointRule, ...] = ()
 
-class Onboarding(_Profile):
+
+class Onboarding(_Model):
     """
     The prior's profile for customers with little history (young or with few events).
     """
 
     max_tenure_days: Positive
     min_events: Annotated[int, Strict(), Field(ge=0)]
+    base: ScoreValue
+    points: tuple[PointRule, ...] = ()
 
 
 class ScoreRule(_Model):
@@ -506,7 +491,7 @@ class RulesFile(_Model):
     score_rules: ScoreRules = ()
     decline_rules: DeclineRules = ()
     event_rules: EventRules = ()
-    inactivity: InactivityRule | None = None
+    inactivity: InactivityRule
     routing: Routing
 
     @model_validator(mode="after")
@@ -527,7 +512,7 @@ _SECTIONS: Final[dict[str, TypeAdapter[Any]]] = {
     "score_rules": TypeAdapter(ScoreRules),
     "decline_rules": TypeAdapter(DeclineRules),
     "event_rules": TypeAdapter(EventRules),
-    "inactivity": TypeAdapter(InactivityRule | None),
+    "inactivity": TypeAdapter(InactivityRule),
     "routing": TypeAdapter(Routing),
 }
 """The sections that the checks across sections read, with a validator for each alone."""
@@ -916,14 +901,18 @@ def prior_points(rules: RulesFile, x: Mapping[str, float]) -> PriorResult:
         The score, the churn probability it implies, and the rules that matched.
     """
     onboarding = is_onboarding(rules, x)
-    profile: _Profile = rules.onboarding if onboarding else rules.prior
+    profile: Prior | Onboarding = rules.onboarding if onboarding else rules.prior
     total = profile.base
     hits: list[PointHit] = []
-    for feature, above, below, rule in profile._table:
-        value = x.get(feature)
-        if value is not None and (value > above or value < below):
+    for rule in profile.points:
+        value = x.get(rule.feature)
+        if value is None:
+            continue
+        # PointRule.matches inlined: this runs for every scored event
+        above, below = rule.above, rule.below
+        if (above is not None and value > above) or (below is not None and value < below):
             total += rule.points
-            hits.append(PointHit(feature, rule.points, rule.text(value), value))
+            hits.append(PointHit(rule.feature, rule.points, rule.text(value), value))
     score = min(100.0, max(0.0, total))
     return PriorResult(score, (100.0 - score) / 100.0, onboarding, tuple(hits))
 

@@ -150,8 +150,11 @@ class Replay:
         part = self._parts[partition_of(event.customer_id, self.partitions)]
         if part.high_water is not None and event.ts < part.high_water - cfg.lateness:
             late = part.high_water - event.ts
-            msg = f"ts: {event.ts.isoformat()} is {late} behind the partition, more than the allowed lateness {cfg.lateness}"
-            self._dead(position, BadEventError("too_late", msg, field="ts"), raw)
+            msg = (
+                f"ts: {event.ts.isoformat()} is {late} behind the partition, "
+                f"more than the allowed lateness {cfg.lateness}"
+            )
+            self._dead(position, BadEventError(msg, reason="too_late", field="ts"), raw)
             return
         if part.high_water is None or event.ts > part.high_water:
             part.high_water = event.ts

@@ -91,7 +91,8 @@ class Population:
     weekend_purchase: F64
     gap_limit: I64
     """A customer who is still a customer shows up at least this often (days); see simulator."""
-    mu_base: F64
+    base_hazard: F64
+    """Daily churn hazard at normal health (health 0)."""
     dip_start: F64
     dip_ramp: F64
     dip_depth: F64
@@ -102,13 +103,15 @@ class Population:
     boost_until: F64
     cancel_p: F64
 
-    def mu(self, day: int) -> F64:
+    def target(self, day: int) -> F64:
         """
         The level each customer's health is pulled toward on `day` (its story's script).
+
+        Health is relative to the customer's own normal: 0 is normal, -1 is well below.
         """
         down = np.clip((day - self.dip_start) / self.dip_ramp, 0.0, 1.0)
         back = np.clip((day - self.recover_at) / self.recover_len, 0.0, 1.0)
-        result: F64 = self.mu_base - self.dip_depth * down * (1.0 - back)
+        result: F64 = -self.dip_depth * down * (1.0 - back)
         return result
 
 
@@ -165,7 +168,7 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     probs[:, LOYAL] = 1.0 - probs[:, 1:].sum(axis=1)
     story = _pick(rng, probs)
 
-    mu_base = np.clip(rng.normal(1.15, 0.3, n), 0.4, 2.0)
+    base_hazard = 6e-5 * rng.lognormal(0.0, 0.5, n) * np.array([1.3, 1.0, 0.6])[segment]
     # Every story's parameters are drawn for everyone (fixed draw order), then selected.
     base_day = join_day.astype(np.float64)
     u: F64 = rng.random((8, n))
@@ -187,7 +190,7 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     start = np.maximum(base_day, between(0, -10.0, span - 20.0))
     dip_start[m] = start[m]
     dip_ramp[m] = between(1, 4.0, 10.0)[m]
-    dip_depth[m] = between(2, 0.9, 1.7)[m]
+    dip_depth[m] = between(2, 0.4, 0.8)[m]
     recover_at[m] = (start + between(3, 18.0, 40.0))[m]
     recover_len[m] = between(4, 4.0, 10.0)[m]
 
@@ -195,14 +198,14 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     start = np.maximum(base_day, between(0, -25.0, span - 15.0))
     dip_start[m] = start[m]
     dip_ramp[m] = between(1, 21.0, 70.0)[m]
-    dip_depth[m] = between(2, 2.5, 4.0)[m]
+    dip_depth[m] = between(2, 1.5, 2.5)[m]
 
     m = story == SERVICE_FAILURE
     fail = np.where(is_new, base_day + between(0, 3.0, 60.0), between(0, 0.0, span - 7.0))
     failure_day[m] = fail[m].astype(np.int64)
     dip_start[m] = fail[m] + 1.0
     dip_ramp[m] = between(1, 4.0, 14.0)[m]
-    dip_depth[m] = between(2, 2.2, 3.8)[m]
+    dip_depth[m] = between(2, 1.5, 2.5)[m]
     recovers = m & (u[5] < 0.3)
     recover_at[recovers] = (fail + between(3, 15.0, 30.0))[recovers]
     recover_len[recovers] = between(4, 5.0, 10.0)[recovers]
@@ -211,7 +214,7 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     boost_until[m] = (base_day + between(0, 10.0, 25.0))[m]
     dip_start[m] = (base_day + between(1, 5.0, 20.0))[m]
     dip_ramp[m] = between(2, 3.0, 10.0)[m]
-    dip_depth[m] = between(3, 3.0, 4.5)[m]
+    dip_depth[m] = between(3, 1.5, 2.5)[m]
     return_p = np.where(m, 0.7, return_p)
     purchase_rate = np.where(m, np.maximum(purchase_rate, 0.02), purchase_rate)
 
@@ -233,7 +236,7 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
         weekend_login=weekend_login,
         weekend_purchase=weekend_purchase,
         gap_limit=gap_limit,
-        mu_base=mu_base,
+        base_hazard=base_hazard,
         dip_start=dip_start,
         dip_ramp=dip_ramp,
         dip_depth=dip_depth,

@@ -82,8 +82,8 @@ THETA: Final = 0.1
 """Daily pull of health toward the story's level."""
 SIGMA: Final = 0.08
 """Daily noise of health."""
-HAZARD_BASE: Final = 3.2e-3
-HAZARD_SLOPE: Final = 3.0
+HAZARD_SLOPE: Final = 6.9
+"""Hazard = base hazard * exp(-slope * health): x1000 at health -1."""
 
 _HOUR_WEIGHTS: Final = np.array(
     [
@@ -96,9 +96,9 @@ _SEVERITY_P: Final = np.array([[0.30, 0.45, 0.18, 0.07], [0.15, 0.40, 0.30, 0.15
 _RESOLVE_DAYS: Final = np.array([2.0, 1.2, 0.6, 0.3])  # median, by severity
 _NEGLECT_P: Final = np.array([0.04, 0.04, 0.12, 0.12])  # left unresolved for a week or more
 _PENALTY_AFTER: Final = np.array([0, 0, 4, 2])  # days open before it starts to hurt
-_PENALTY: Final = np.array([0.0, 0.0, 0.05, 0.10])  # health lost per day while it hurts
-_CSAT_SHOCK: Final = np.array([0.0, -0.6, -0.35, -0.05, 0.05, 0.12])
-_RETURN_SHOCK: Final = -0.2
+_PENALTY: Final = np.array([0.0, 0.0, 0.03, 0.06])  # health lost per day while it hurts
+_CSAT_SHOCK: Final = np.array([0.0, -0.5, -0.25, -0.05, 0.05, 0.1])
+_RETURN_SHOCK: Final = -0.15
 _MALFORMED_CUM: Final = np.cumsum(MALFORMED_WEIGHTS) / sum(MALFORMED_WEIGHTS)
 
 
@@ -261,7 +261,7 @@ class _Run:
         self.wire = np.random.default_rng(wire_seed)
         self.pop: Population = draw_population(self.rng, config.customers, config.days)
         n = config.customers
-        self.health: F64 = self.pop.mu(0) + self.rng.normal(0.0, 0.3, n)
+        self.health: F64 = self.pop.target(0) + self.rng.normal(0.0, 0.18, n)
         self.penalty: F64 = np.zeros(n)
         self.shock: F64 = np.zeros(n)
         self.active: Bools = np.zeros(n, dtype=np.bool_)
@@ -370,13 +370,13 @@ class _Run:
         for cust, delta in self.penalty_changes.pop(d, []):
             np.add.at(self.penalty, cust, delta)
         noise = rng.standard_normal(n)
-        self.health += THETA * (pop.mu(d) - self.health) + SIGMA * noise
+        self.health += THETA * (pop.target(d) - self.health) + SIGMA * noise
         self.health += self.shock - self.penalty
         self.shock[:] = 0.0
         health = self.health
 
         # Who leaves today: they emit nothing from today on, except a cancel.
-        hazard = HAZARD_BASE * np.exp(np.minimum(-HAZARD_SLOPE * health, 30.0))
+        hazard = pop.base_hazard * np.exp(np.minimum(-HAZARD_SLOPE * health, 30.0))
         leaving = (
             self.active & self.seen & ((rng.random(n) < -np.expm1(-hazard)) | (pop.sudden_day <= d))
         )
@@ -392,13 +392,13 @@ class _Run:
         act = self.active
 
         weekend = (self.weekday + d) % 7 >= 5
-        login_rate = pop.login_rate * _sigmoid(2.2 * (health + 0.4))
-        purchase_rate = pop.purchase_rate * _sigmoid(2.0 * (health + 0.2))
+        login_rate = pop.login_rate * 2.0 * _sigmoid(3.5 * health)
+        purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(3.0 * health)
         purchase_rate *= np.where(d < pop.boost_until, 3.0, 1.0)
         if weekend:
             login_rate *= pop.weekend_login
             purchase_rate *= pop.weekend_purchase
-        unhappy = np.maximum(0.0, 0.3 - health)
+        unhappy = np.maximum(0.0, -0.3 - health)
         failing_window = (pop.failure_day >= 0) & (d > pop.failure_day) & (d < pop.failure_day + 14)
         ticket_rate = pop.ticket_rate * (1.0 + 1.2 * unhappy) + 0.12 * failing_window
         logins = rng.poisson(np.where(act, login_rate, 0.0))
@@ -445,7 +445,7 @@ class _Run:
         cust = np.concatenate([np.repeat(everyone, tickets), np.flatnonzero(failing_today)])
         k = cust.size
         failing = np.arange(k) >= k - int(failing_today.sum())
-        sad = (health[cust] < 0.0).astype(np.int64)
+        sad = (health[cust] < -0.5).astype(np.int64)
         cum = np.cumsum(_SEVERITY_P, axis=1)[sad]
         severity = (rng.random(k)[:, None] > cum).sum(axis=1).clip(0, 3).astype(np.int8)
         severity = np.where(failing, np.where(rng.random(k) < 0.6, 3, 2), severity).astype(np.int8)
