@@ -42,6 +42,11 @@ class Example:
     x: Mapping[str, float]
     churned: bool
 
+    @property
+    def example_id(self) -> str:
+        """One snapshot, one id: a redelivered example can be recognised."""
+        return f"{self.customer_id}|{self.taken_at.isoformat()}"
+
 
 def resolve_on_activity(
     customer_id: str,

@@ -15,9 +15,9 @@ holds only River objects):
   weights for good.
 - Missing features are left out. For `logreg` that is mean imputation (a standardised value of
   0 contributes nothing); the trees follow their most common path.
-- Names never seen by `learn_one` are ignored by `predict_one` (the model knows nothing about
-  them, and a River scaler would otherwise grow an entry for them while predicting). The
-  first `learn_one` that carries a new name adds it to the model.
+- Names never learned are ignored by `predict_one` (the model knows nothing about them, and a
+  River scaler would otherwise grow an entry for them while predicting). The first
+  `learn_one` that carries a new name with a finite value adds it to the model.
 - With `ModelConfig.log1p` (the default), every value goes through the signed log transform
   `sign(v) * log1p(|v|)`. The features are counts, decayed rates, days (up to 365), money
   (lifetime value up to ~10^4) and ratios; most are heavy-tailed, and the transform is
@@ -28,17 +28,20 @@ holds only River objects):
 from __future__ import annotations
 
 import copy as _copy
+import copyreg
 import dataclasses
 import hashlib
+import io
 import math
 import pickle
+import random
 import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
-from river import compose, forest, linear_model, optim, preprocessing, tree
+from river import compose, forest, linear_model, optim, preprocessing, proba, tree
 
 from churnwatch.core.errors import ConfigError, ModelFormatError
 
@@ -128,6 +131,40 @@ def _build_pipeline(config: ModelConfig) -> Any:
     if config.kind == "hat":
         return compose.Pipeline(("model", tree.HoeffdingAdaptiveTreeClassifier(seed=config.seed)))
     return compose.Pipeline(("model", forest.ARFClassifier(n_models=_ARF_MODELS, seed=config.seed)))
+
+
+# River's probability distributions (the Gaussians inside every Hoeffding tree leaf) each carry
+# a `random.Random(seed)` that only their `sample()` uses, and the trees give them no seed: an
+# OS-seeded state that would make equal histories pickle to different bytes. The checkpoint
+# writes this placeholder in its place; the classifiers never draw from it.
+_PLACEHOLDER_RNG: Final = random.Random(0)  # noqa: S311 (never drawn from; not for security)
+
+
+def _reduce_distribution(obj: Any) -> tuple[Any, ...]:
+    state = obj.__dict__
+    if state.get("seed") is None and "_rng" in state:
+        state = {**state, "_rng": _PLACEHOLDER_RNG}
+    # copyreg.__newobj__ is what pickle's default reduction of a plain object uses.
+    return (copyreg.__newobj__, (type(obj),), state)  # type: ignore[attr-defined]
+
+
+def _subclasses(cls: type) -> set[type]:
+    found: set[type] = set()
+    sub: type
+    for sub in cls.__subclasses__():
+        found |= {sub, *_subclasses(sub)}
+    return found
+
+
+def _pickle(state: object) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=_PICKLE_PROTOCOL)
+    pickler.dispatch_table = {
+        **copyreg.dispatch_table,
+        **dict.fromkeys(_subclasses(proba.base.Distribution), _reduce_distribution),
+    }
+    pickler.dump(state)
+    return buffer.getvalue()
 
 
 def _logit(p: float) -> float:
@@ -237,7 +274,9 @@ class Scorer:
             churned: True when the customer churned within the label horizon.
         """
         known = self._known
-        new = [name for name in x if name not in known]
+        # A name joins the model with its first finite value, so every known name has
+        # statistics in the scaler (whose dicts would otherwise grow while predicting).
+        new = [name for name, value in x.items() if name not in known and math.isfinite(value)]
         if new:
             self._names = tuple(sorted({*self._names, *new}))
             self._known = frozenset(self._names)
@@ -276,9 +315,9 @@ class Scorer:
             return result
         if self._config.kind == "logreg":
             scaled = self._pipeline.steps["scale"].transform_one(xt)
-            weights = self._pipeline.steps["model"]._weights
+            weights = self._pipeline.steps["model"].weights
             for name, value in scaled.items():
-                result[name] = weights[name] * value if name in weights else 0.0
+                result[name] = weights.get(name, 0.0) * value
             return result
         whole = _logit(self._predict_prepared(xt))
         for name in xt:
@@ -304,8 +343,8 @@ class Scorer:
         # step after its class, so one string object appears twice), and an unpickled copy
         # shares differently; one round trip brings every scorer with the same history to the
         # same bytes, fresh or restored.
-        first = pickle.dumps(state, protocol=_PICKLE_PROTOCOL)
-        payload = pickle.dumps(pickle.loads(first), protocol=_PICKLE_PROTOCOL)  # noqa: S301 (our own bytes, just written)
+        first = _pickle(state)
+        payload = _pickle(pickle.loads(first))  # noqa: S301 (our own bytes, just written)
         return _HEADER.pack(MAGIC, FORMAT_VERSION, hashlib.sha256(payload).digest()) + payload
 
     @classmethod

@@ -21,8 +21,9 @@ from churnwatch.core.engine import (
     sweep_one,
 )
 from churnwatch.core.errors import BadEventError, ReasonCode
-from churnwatch.core.events import EPOCH, parse_event
+from churnwatch.core.events import parse_event
 from churnwatch.core.labels import Example
+from churnwatch.core.learning import Curriculum, scoring_epoch
 from churnwatch.core.model import ProgressiveValidation, Scorer, blend
 from churnwatch.core.partitioning import partition_of
 from churnwatch.core.rules import prior_points
@@ -77,9 +78,10 @@ class Replay:
     """
     Feed records one by one; customers' states, alerts, examples and counts come out.
 
-    The model learns online from the resolved examples (predict before learn, for the
-    quality figures); scoring uses a frozen copy of it per model epoch, as the streaming
-    scorers use the learner's checkpoints, so the result is the same whatever the batching.
+    The model learns online from the resolved examples, epoch by epoch in the order of
+    `core.learning.Curriculum` (predict before learn, for the quality figures); scoring uses
+    the checkpoint of the previous epoch, exactly as the streaming scorers use the learner's
+    checkpoints, so the result is the same whatever the batching or partition interleaving.
     """
 
     def __init__(
@@ -101,29 +103,27 @@ class Replay:
         self.counts = Counts()
         self.quality = Quality()
         self._parts = [_Partition() for _ in range(max(1, partitions))]
-        self._models: dict[int, Scorer] = {}
+        self.curriculum = Curriculum(policy.config.model_epoch, max(1, partitions))
+        self._initial = self.learner.copy()
+        self._checkpoints: dict[int, Scorer] = {}
         self._on_alert = on_alert
         self._on_dead_letter = on_dead_letter
         self._on_step = on_step
 
     # -- models per epoch -------------------------------------------------------------
-    def _epoch(self, at: datetime) -> int:
-        return int((at - EPOCH) // self.policy.config.model_epoch)
-
-    def _freeze(self, epoch: int) -> None:
-        if epoch not in self._models and (not self._models or epoch > max(self._models)):
-            self._models[epoch] = self.learner.copy()
-            for old in sorted(self._models)[:-3]:
-                del self._models[old]
-
     def model_for(self, at: datetime) -> ModelView:
-        """The frozen model of `at`'s epoch (the nearest earlier one that exists)."""
-        epoch = self._epoch(at)
-        usable = [e for e in self._models if e <= epoch]
-        if not usable:
-            self._freeze(epoch)
-            return self._models[epoch]
-        return self._models[max(usable)]
+        """The checkpoint to score at `at`: the previous epoch's, or the newest before it."""
+        wanted = scoring_epoch(at, self.policy.config.model_epoch)
+        usable = [k for k in self._checkpoints if k <= wanted]
+        return self._checkpoints[max(usable)] if usable else self._initial
+
+    def _close_epochs(self, partition: int, watermark: datetime) -> None:
+        for epoch, examples in self.curriculum.advance(partition, watermark):
+            for example in examples:
+                self._learn(example)
+            self._checkpoints[epoch] = self.learner.copy()
+            for old in sorted(self._checkpoints)[:-4]:
+                del self._checkpoints[old]
 
     # -- records ----------------------------------------------------------------------
     def _dead(self, position: int, error: BadEventError, raw: bytes) -> None:
@@ -147,7 +147,8 @@ class Replay:
         except BadEventError as error:
             self._dead(position, error, raw)
             return
-        part = self._parts[partition_of(event.customer_id, self.partitions)]
+        pid = partition_of(event.customer_id, self.partitions)
+        part = self._parts[pid]
         if part.high_water is not None and event.ts < part.high_water - cfg.lateness:
             late = part.high_water - event.ts
             msg = (
@@ -159,7 +160,6 @@ class Replay:
         if part.high_water is None or event.ts > part.high_water:
             part.high_water = event.ts
         watermark = part.high_water - cfg.lateness
-        self._freeze(self._epoch(event.ts))
         step = process_event(
             self.states.get(event.customer_id),
             event,
@@ -173,6 +173,7 @@ class Replay:
         self.counts.processed += 1
         self._apply(step, part)
         self._sweep(part, watermark)
+        self._close_epochs(pid, watermark)
 
     def _apply(self, step: StepResult, part: _Partition) -> None:
         state = step.state
@@ -185,7 +186,8 @@ class Replay:
             if self._on_alert is not None:
                 self._on_alert(alert)
         for example in step.examples:
-            self._learn(example)
+            self.counts.examples += 1
+            self.curriculum.add(example)
         if self._on_step is not None:
             self._on_step(step)
 
@@ -199,7 +201,6 @@ class Replay:
             self._apply(step, part)
 
     def _learn(self, example: Example) -> None:
-        self.counts.examples += 1
         if not self.learn:
             return
         x = example.x
@@ -224,11 +225,15 @@ class Replay:
         """
         Run the sweep of every partition up to `until` (default: the partition's watermark).
         """
-        for part in self._parts:
+        for pid, part in enumerate(self._parts):
             if part.high_water is None:
                 continue
             bound = until or part.high_water - self.policy.config.lateness
             self._sweep(part, bound)
+            self._close_epochs(pid, bound)
+        # What is still buffered is learned too, for the quality figures; nothing scores after.
+        for example in self.curriculum.drain():
+            self._learn(example)
 
 
 def read_records(path: str) -> Iterable[bytes]:

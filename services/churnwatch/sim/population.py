@@ -53,8 +53,8 @@ PURCHASE_ONLY_SHARE: Final = 0.15
 
 # Probability of each story (loyal takes what is left), for customers present at the start and
 # for those who join during the period. Churn stories are scaled per segment below.
-_STORY_P_EXISTING: Final = (0.0, 0.12, 0.10, 0.06, 0.01, 0.035)
-_STORY_P_NEW: Final = (0.0, 0.08, 0.07, 0.05, 0.18, 0.05)
+_STORY_P_EXISTING: Final = (0.0, 0.08, 0.10, 0.06, 0.01, 0.035)
+_STORY_P_NEW: Final = (0.0, 0.06, 0.07, 0.05, 0.18, 0.05)
 _CHURN_STORY_SCALE: Final = (1.15, 0.9, 0.6)  # starter, growth, enterprise
 _CANCEL_P: Final = (0.15, 0.15, 0.10, 0.50, 0.40, 0.35)  # explicit cancel at churn, per story
 
@@ -190,14 +190,14 @@ def draw_population(rng: np.random.Generator, customers: int, days: int) -> Popu
     start = np.maximum(base_day, between(0, -10.0, span - 20.0))
     dip_start[m] = start[m]
     dip_ramp[m] = between(1, 4.0, 10.0)[m]
-    dip_depth[m] = between(2, 0.4, 0.8)[m]
+    dip_depth[m] = between(2, 0.3, 0.7)[m]
     recover_at[m] = (start + between(3, 18.0, 40.0))[m]
     recover_len[m] = between(4, 4.0, 10.0)[m]
 
     m = story == SLOW_FADE
-    start = np.maximum(base_day, between(0, -25.0, span - 15.0))
+    start = np.maximum(base_day, between(0, -60.0, span - 30.0))
     dip_start[m] = start[m]
-    dip_ramp[m] = between(1, 21.0, 70.0)[m]
+    dip_ramp[m] = between(1, 60.0, 150.0)[m]
     dip_depth[m] = between(2, 1.5, 2.5)[m]
 
     m = story == SERVICE_FAILURE

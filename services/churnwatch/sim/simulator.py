@@ -80,9 +80,9 @@ from churnwatch.sim.wire import (
 
 THETA: Final = 0.1
 """Daily pull of health toward the story's level."""
-SIGMA: Final = 0.08
+SIGMA: Final = 0.05
 """Daily noise of health."""
-HAZARD_SLOPE: Final = 6.9
+HAZARD_SLOPE: Final = 5.6
 """Hazard = base hazard * exp(-slope * health): x1000 at health -1."""
 
 _HOUR_WEIGHTS: Final = np.array(
@@ -392,8 +392,8 @@ class _Run:
         act = self.active
 
         weekend = (self.weekday + d) % 7 >= 5
-        login_rate = pop.login_rate * 2.0 * _sigmoid(3.5 * health)
-        purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(3.0 * health)
+        login_rate = pop.login_rate * 2.0 * _sigmoid(2.5 * health)
+        purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(2.5 * health)
         purchase_rate *= np.where(d < pop.boost_until, 3.0, 1.0)
         if weekend:
             login_rate *= pop.weekend_login
