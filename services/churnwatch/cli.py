@@ -69,7 +69,7 @@ def demo(
 
     from churnwatch.console import progress_counter, render_demo
     from churnwatch.replay.demo import run_demo
-    from churnwatch.sim import SimConfig
+    from churnwatch.sim.simulator import SimConfig
 
     settings = CoreSettings(rules_file=rules_file) if rules_file else CoreSettings()
     policy = _policy(settings)
@@ -131,7 +131,7 @@ def simulate(
     from datetime import timedelta
 
     from churnwatch.console import progress_counter
-    from churnwatch.sim import SimConfig, write_simulation
+    from churnwatch.sim.simulator import SimConfig, write_simulation
 
     config = SimConfig(
         customers=customers,

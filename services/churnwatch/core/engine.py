@@ -15,6 +15,7 @@ from typing import Final, Literal, Protocol
 from churnwatch.core import alerts as al
 from churnwatch.core import explain
 from churnwatch.core import features as feats
+from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import DEFAULT_MAX_EVENT_BYTES, EPOCH, Event
 from churnwatch.core.labels import (
     Example,
@@ -112,6 +113,35 @@ class StepResult:
     alerts: tuple[al.AlertRecord, ...] = ()
     examples: tuple[Example, ...] = ()
     scoring: Scoring | None = None
+
+
+def check_time(
+    ts: datetime, high_water: datetime | None, config: EngineConfig
+) -> BadEventError | None:
+    """
+    Whether an event's time fits its partition: not older than the watermark (the largest
+    event time seen less the allowed lateness), not later than the largest time seen plus
+    `max_future`. The first event of a partition sets its clock.
+
+    Returns:
+        None when it fits, else the error to dead-letter it with (`too_late` or
+        `future_timestamp`).
+    """
+    if high_water is None:
+        return None
+    if ts < high_water - config.lateness:
+        msg = (
+            f"ts: {ts.isoformat()} is {high_water - ts} behind the partition, "
+            f"more than the allowed lateness {config.lateness}"
+        )
+        return BadEventError(msg, reason="too_late", field="ts")
+    if ts > high_water + config.max_future:
+        msg = (
+            f"ts: {ts.isoformat()} is {ts - high_water} ahead of the partition, "
+            f"more than the allowed {config.max_future}"
+        )
+        return BadEventError(msg, reason="future_timestamp", field="ts")
+    return None
 
 
 def _days(at: datetime) -> float:

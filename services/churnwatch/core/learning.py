@@ -94,7 +94,10 @@ class Curriculum:
         if low is None:
             return []
         if self._next is None:
-            self._next = epoch_of(low, self.length) + 1
+            # Start at the earliest thing known, not at the first low watermark, so that
+            # epochs are the same whatever partition reported first.
+            start = min(low, self._heap[0][0]) if self._heap else low
+            self._next = epoch_of(start, self.length) + 1
         released: list[tuple[int, list[Example]]] = []
         while boundary(self._next, self.length) <= low:
             released.append((self._next, self._pop_before(boundary(self._next, self.length))))
@@ -119,6 +122,13 @@ class Curriculum:
         self._heap.clear()
         self._ids.clear()
         return out
+
+    def closed_through(self) -> int | None:
+        """
+        The last epoch whose checkpoint is final (every example resolved before its boundary
+        has been learned), or None while some partition has not reported yet.
+        """
+        return None if self._next is None else self._next - 1
 
     def pending(self) -> int:
         return len(self._heap)

@@ -63,7 +63,8 @@ ModelKind = Literal["logreg", "hat", "arf"]
 """
 The pipelines `benchmarks/model_choice.py` compares.
 
-- `logreg`: StandardScaler | LogisticRegression (SGD); the default, chosen by measurement.
+- `logreg`: StandardScaler | LogisticRegression (SGD, intercept at the same rate); the
+  default, chosen by measurement.
 - `hat`: HoeffdingAdaptiveTreeClassifier.
 - `arf`: ARFClassifier (an adaptive random forest of 10 Hoeffding trees).
 """
@@ -83,13 +84,15 @@ class ModelConfig:
     """
     How to build a `Scorer`, and how its probability is blended with the prior.
 
+    The defaults (logreg, SGD at 0.005, L2 0.001, log1p) won on the simulator in
+    `benchmarks/model_choice.py` (results in benchmarks/results/model_choice.md).
     `learning_rate` and `l2` apply to `logreg` only; the trees ignore them.
     """
 
     kind: ModelKind = "logreg"
     seed: int = 42
-    learning_rate: float = 0.02
-    l2: float = 0.0
+    learning_rate: float = 0.005
+    l2: float = 0.001
     prior_weight_half_life: int = 500
     min_labels: int = 50
     log1p: bool = True

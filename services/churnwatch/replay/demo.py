@@ -15,7 +15,7 @@ from churnwatch.core.alerts import AlertRecord, alert_to_json
 from churnwatch.core.engine import Policy
 from churnwatch.replay.engine import Counts, DeadLetter, Replay
 from churnwatch.replay.evaluation import AlertLog, ChurnTruth, Evaluation, evaluate
-from churnwatch.sim import SimConfig, Simulation
+from churnwatch.sim.simulator import SimConfig, Simulation
 
 
 @dataclass(slots=True)

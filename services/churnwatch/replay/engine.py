@@ -6,7 +6,7 @@ process, with the same functions. Used by `churnwatch replay`, the backtest and 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,18 +16,22 @@ from churnwatch.core.engine import (
     ModelView,
     Policy,
     StepResult,
+    check_time,
     next_due_at,
     process_event,
     sweep_one,
 )
 from churnwatch.core.errors import BadEventError, ReasonCode
-from churnwatch.core.events import parse_event
+from churnwatch.core.events import Event, parse_event
 from churnwatch.core.labels import Example
 from churnwatch.core.learning import Curriculum, scoring_epoch
 from churnwatch.core.model import ProgressiveValidation, Scorer, blend
 from churnwatch.core.partitioning import partition_of
 from churnwatch.core.rules import prior_points
 from churnwatch.core.state import CustomerState
+
+
+_CHECKPOINTS_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +71,25 @@ class Quality:
 
 
 class _Partition:
-    __slots__ = ("due", "high_water")
+    __slots__ = ("due", "high_water", "queue")
 
     def __init__(self) -> None:
         self.high_water: datetime | None = None
         self.due: list[tuple[datetime, str]] = []
+        self.queue: deque[tuple[int, bytes, Event]] = deque()
 
 
 class Replay:
     """
     Feed records one by one; customers' states, alerts, examples and counts come out.
 
-    The model learns online from the resolved examples, epoch by epoch in the order of
-    `core.learning.Curriculum` (predict before learn, for the quality figures); scoring uses
-    the checkpoint of the previous epoch, exactly as the streaming scorers use the learner's
-    checkpoints, so the result is the same whatever the batching or partition interleaving.
+    Records are kept per partition in their order, one watermark per partition, as the
+    streaming workers keep them. The model learns epoch by epoch in the order of
+    `core.learning.Curriculum` (predict before learn, for the quality figures), and an event
+    is scored with the checkpoint of the previous epoch, exactly as the streaming scorers use
+    the learner's checkpoints. A partition whose next event needs a checkpoint that is not
+    final yet (another partition lags by more than an epoch) waits, as a scorer waits for the
+    learner; so the result is the same whatever the interleaving of partitions.
     """
 
     def __init__(
@@ -96,14 +104,14 @@ class Replay:
         on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         self.policy = policy
-        self.partitions = partitions
+        self.partitions = max(1, partitions)
         self.learner = scorer if scorer is not None else Scorer(policy.config.model)
         self.learn = learn
         self.states: dict[str, CustomerState] = {}
         self.counts = Counts()
         self.quality = Quality()
-        self._parts = [_Partition() for _ in range(max(1, partitions))]
-        self.curriculum = Curriculum(policy.config.model_epoch, max(1, partitions))
+        self._parts = [_Partition() for _ in range(self.partitions)]
+        self.curriculum = Curriculum(policy.config.model_epoch, self.partitions)
         self._initial = self.learner.copy()
         self._checkpoints: dict[int, Scorer] = {}
         self._on_alert = on_alert
@@ -122,8 +130,15 @@ class Replay:
             for example in examples:
                 self._learn(example)
             self._checkpoints[epoch] = self.learner.copy()
-            for old in sorted(self._checkpoints)[:-4]:
+            for old in sorted(self._checkpoints)[:-_CHECKPOINTS_KEPT]:
                 del self._checkpoints[old]
+
+    def _ready(self, part: _Partition, event: Event) -> bool:
+        closed = self.curriculum.closed_through()
+        if closed is None:
+            return False
+        at = event.ts if part.high_water is None else max(event.ts, part.high_water)
+        return scoring_epoch(at, self.policy.config.model_epoch) <= closed
 
     # -- records ----------------------------------------------------------------------
     def _dead(self, position: int, error: BadEventError, raw: bytes) -> None:
@@ -133,29 +148,38 @@ class Replay:
             self._on_dead_letter(DeadLetter(position, error.reason, error.message, raw))
 
     def feed(self, raw: bytes) -> None:
-        """Apply one record (bytes as on the wire, without the line's newline)."""
+        """Take one record (bytes as on the wire, without the line's newline)."""
         cfg = self.policy.config
         position = self.counts.consumed
         self.counts.consumed += 1
-        top = max((p.high_water for p in self._parts if p.high_water), default=None)
         try:
-            event = parse_event(
-                raw,
-                max_bytes=cfg.max_event_bytes,
-                not_after=None if top is None else top + cfg.max_future,
-            )
+            event = parse_event(raw, max_bytes=cfg.max_event_bytes)
         except BadEventError as error:
             self._dead(position, error, raw)
             return
         pid = partition_of(event.customer_id, self.partitions)
         part = self._parts[pid]
-        if part.high_water is not None and event.ts < part.high_water - cfg.lateness:
-            late = part.high_water - event.ts
-            msg = (
-                f"ts: {event.ts.isoformat()} is {late} behind the partition, "
-                f"more than the allowed lateness {cfg.lateness}"
-            )
-            self._dead(position, BadEventError(msg, reason="too_late", field="ts"), raw)
+        if part.high_water is None and not part.queue:
+            # Nothing this partition will produce can be resolved before its first event
+            # (less the lateness): a bound the learning order may rely on.
+            self._close_epochs(pid, event.ts - cfg.lateness)
+        part.queue.append((position, raw, event))
+        self._pump()
+
+    def _pump(self) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for pid, part in enumerate(self._parts):
+                while part.queue and self._ready(part, part.queue[0][2]):
+                    self._process(pid, part, *part.queue.popleft())
+                    progress = True
+
+    def _process(self, pid: int, part: _Partition, position: int, raw: bytes, event: Event) -> None:
+        cfg = self.policy.config
+        problem = check_time(event.ts, part.high_water, cfg)
+        if problem is not None:
+            self._dead(position, problem, raw)
             return
         if part.high_water is None or event.ts > part.high_water:
             part.high_water = event.ts
@@ -223,8 +247,20 @@ class Replay:
 
     def finish(self, until: datetime | None = None) -> None:
         """
-        Run the sweep of every partition up to `until` (default: the partition's watermark).
+        The end of the input: process what still waits, then run the sweep of every
+        partition up to `until` (default: the partition's watermark).
+
+        Partitions still waiting for a checkpoint (others have no more events to move the
+        learner on) are processed in a fixed order: the earliest head first.
         """
+        self._pump()
+        while any(part.queue for part in self._parts):
+            pid, part = min(
+                ((pid, part) for pid, part in enumerate(self._parts) if part.queue),
+                key=lambda item: (item[1].queue[0][2].ts, item[0]),
+            )
+            self._process(pid, part, *part.queue.popleft())
+            self._pump()
         for pid, part in enumerate(self._parts):
             if part.high_water is None:
                 continue

@@ -392,8 +392,8 @@ class _Run:
         act = self.active
 
         weekend = (self.weekday + d) % 7 >= 5
-        login_rate = pop.login_rate * 2.0 * _sigmoid(2.5 * health)
-        purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(2.5 * health)
+        login_rate = pop.login_rate * 2.0 * _sigmoid(4.0 * health)
+        purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(4.0 * health)
         purchase_rate *= np.where(d < pop.boost_until, 3.0, 1.0)
         if weekend:
             login_rate *= pop.weekend_login
@@ -643,16 +643,20 @@ def read_truths(path: Path) -> dict[str, Truth]:
             customer_id, segment, churned, churn_at, archetype = row
             if churned not in ("0", "1"):
                 raise ChurnwatchError(f"{path}:{line}: churned must be 0 or 1, got {churned!r}")
-            try:
-                at = datetime.fromisoformat(churn_at).astimezone(UTC) if churn_at else None
-            except ValueError:
-                msg = f"{path}:{line}: churn_at must be ISO 8601 or empty, got {churn_at!r}"
-                raise ChurnwatchError(msg) from None
-            if at is not None and datetime.fromisoformat(churn_at).tzinfo is None:
-                msg = f"{path}:{line}: churn_at must have a time zone, got {churn_at!r}"
-                raise ChurnwatchError(msg)
+            at = _read_at(churn_at, where=f"{path}:{line}") if churn_at else None
             result[customer_id] = Truth(customer_id, segment, churned == "1", at, archetype)
     return result
+
+
+def _read_at(text: str, *, where: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"{where}: churn_at must be ISO 8601 or empty, got {text!r}"
+        raise ChurnwatchError(msg) from None
+    if at.tzinfo is None:
+        raise ChurnwatchError(f"{where}: churn_at must have a time zone, got {text!r}")
+    return at.astimezone(UTC)
 
 
 def write_simulation(
@@ -664,19 +668,21 @@ def write_simulation(
     Args:
         config: what to simulate.
         out_dir: created if missing; the two files are overwritten.
-        progress: called after each simulated day with the number of days done (1..days).
+        progress: called after each simulated day with the number of records written so far.
 
     Returns:
         The counts of the run.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     simulation = Simulation(config)
+    written = 0
     with (out_dir / "events.jsonl").open("wb") as file:
-        for done, batch in enumerate(simulation.batches(), start=1):
+        for batch in simulation.batches():
             if batch:
                 file.write(b"\n".join(batch))
                 file.write(b"\n")
+                written += len(batch)
             if progress is not None:
-                progress(done)
+                progress(written)
     write_truths(simulation.truths(), out_dir / "labels.csv")
     return simulation.summary()
