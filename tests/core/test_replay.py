@@ -87,8 +87,8 @@ def test_partition_interleaving_does_not_change_the_result(records: list[bytes])
     The same per-partition order interleaved differently across three partitions (as a
     consumer of three partitions may see it) gives the same states and the same alerts.
     """
-    from churnwatch.core.events import parse_event
     from churnwatch.core.errors import BadEventError
+    from churnwatch.core.events import parse_event
 
     def part(raw: bytes) -> int:
         try:

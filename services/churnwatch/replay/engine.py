@@ -30,7 +30,6 @@ from churnwatch.core.partitioning import partition_of
 from churnwatch.core.rules import prior_points
 from churnwatch.core.state import CustomerState
 
-
 _CHECKPOINTS_KEPT = 8
 
 

@@ -38,11 +38,9 @@ class _RedactedStr(str):
     __slots__ = ()
 
     def __repr__(self) -> str:
+        # Only repr: a dict of settings is logged through repr of its values, while
+        # kafka-python's SASL code joins and encodes the str itself.
         return repr(_REDACTED)
-
-    def __str__(self) -> str:
-        # `str(secret)` and f-strings show stars; kafka-python only joins and encodes the value.
-        return _REDACTED
 
 
 @dataclass(frozen=True, slots=True)
