@@ -418,8 +418,11 @@ def write_report(
         "",
         f"Data: **{meta['source']}** events, {meta['customers']} customers, {meta['days']} days, "
         f"seed {meta['seed']}: {meta['examples']} labeled snapshots, "
-        f"{meta['positive_rate']:.1%} churned (label horizon 30 days, one snapshot per customer "
-        "per 7 days; predict at the snapshot, learn when the label resolves).",
+        f"{meta['positive_rate']:.1%} churned (label horizon 30 days; a snapshot at each "
+        "customer's last event of each 7-day week; predict at the snapshot, learn when the "
+        "label resolves). Rerun: `.venv/bin/python benchmarks/model_choice.py "
+        f"--source {meta['source']} --customers {meta['customers']} --days {meta['days']} "
+        f"--seed {meta['seed']}`.",
         "",
         "| candidate | AUC | log loss | AUC 2nd half | log loss 2nd half "
         "| predict µs | learn µs | checkpoint KiB |",

@@ -64,11 +64,13 @@ def render_demo(console: Console, result: DemoResult, *, horizon_days: float) ->
     alerts = Table(title="Alerts by rule and by action", header_style="bold")
     alerts.add_column("rule")
     alerts.add_column("alerts", justify="right")
+    alerts.add_column("on churners, in time", justify="right")
     for rule, n in sorted(result.log.by_rule.items(), key=lambda kv: (-kv[1], kv[0])):
-        alerts.add_row(rule, f"{n:,}")
+        timely = ev.timely_by_rule.get(rule, 0)
+        alerts.add_row(rule, f"{n:,}", f"{timely / n:.0%}" if n else "n/a")
     alerts.add_section()
     for action, n in sorted(result.log.by_action.items()):
-        alerts.add_row(f"action: {action}", f"{n:,}")
+        alerts.add_row(f"action: {action}", f"{n:,}", "")
     console.print(alerts)
 
     quality = Table(title="How well and how early", header_style="bold")

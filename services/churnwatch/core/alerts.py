@@ -198,6 +198,8 @@ def evaluate_decline(
     for rule in rules.decline_rules:
         if at - anchor_at > timedelta(days=rule.within_days):
             continue
+        if rule.below is not None and score >= rule.below:
+            continue
         state = states.get(rule.name, _IDLE)
         if anchor_score - score >= rule.drop and not _cooling(
             state, at=at, cooldown_days=rule.cooldown_days

@@ -293,7 +293,9 @@ def _decide(
                 threshold=None if decision.threshold is None else round(decision.threshold, 2),
                 churn_probability=round(scoring.churn_probability, 4),
                 reasons=items,
-                summary=explain.summary(round(change, 4), items),
+                summary=explain.summary(
+                    round(change, 4), items, level=round(scoring.churn_probability, 4)
+                ),
                 segment=scoring.segment,
                 event_ts=decision.decided_at,
                 emitted_at=emitted_at,

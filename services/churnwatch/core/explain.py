@@ -121,6 +121,10 @@ def describe(feature: str, x: Mapping[str, float]) -> str:
     return text(value) if text else f"{feature} = {value:.3g}"
 
 
+MIN_CHANGE: Final = 0.02
+"""Below this change of probability, an alert explains the level of risk, not its change."""
+
+
 def reasons(
     now: Mapping[str, float],
     before: Mapping[str, float],
@@ -140,29 +144,41 @@ def reasons(
         top: how many reasons to give.
 
     Returns:
-        Up to `top` reasons whose contributions are signed shares of `change`: the factors'
-        deltas, scaled so that all of them together add up to `change`. Factors pushing in the
-        direction of the change come first.
+        Up to `top` reasons pushing in the direction of the change, each with its signed
+        share of `change`: the factors' deltas, scaled so that all of them together add up to
+        `change`. When the change is smaller than `MIN_CHANGE` (an event rule fired while the
+        score barely moved), the reasons are the factors that raise the risk now, each with
+        its share of the probability above the baseline.
     """
-    deltas = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in set(now) | set(before)}
-    total = sum(deltas.values())
-    scale = change / total if abs(total) > _EPS else 0.0
-    shares = {name: d * scale for name, d in deltas.items()}
-    if abs(total) <= _EPS:
+    if abs(change) < MIN_CHANGE:
         shares = dict(now)
-    direction = 1.0 if change >= 0 else -1.0
+        direction = 1.0
+    else:
+        deltas = {n: now.get(n, 0.0) - before.get(n, 0.0) for n in set(now) | set(before)}
+        total = sum(deltas.values())
+        if abs(total) > _EPS:
+            shares = {name: d * change / total for name, d in deltas.items()}
+        else:
+            shares = dict(now)
+        direction = 1.0 if change > 0 else -1.0
     ranked = sorted(shares.items(), key=lambda item: (-item[1] * direction, item[0]))
     return [
         Reason(factor=name, contribution=round(share, 4), text=describe(name, x))
         for name, share in ranked[:top]
-        if abs(share) >= 0.00005
+        if share * direction >= 0.00005
     ]
 
 
-def summary(change: float, items: Iterable[Reason]) -> str:
+def summary(change: float, items: Iterable[Reason], *, level: float | None = None) -> str:
     """
     One sentence: "risk +0.18: logins down 60% vs. the 30-day average (+0.09), ...".
+
+    When the change is below `MIN_CHANGE` and `level` is given, the sentence gives the level
+    instead: "risk 0.42 (no change): 2 urgent tickets open (+0.20), ...".
     """
     parts = [f"{r.text} ({r.contribution:+.2f})" for r in items]
-    head = f"risk {change:+.2f}"
+    if abs(change) < MIN_CHANGE and level is not None:
+        head = f"risk {level:.2f} (no change)"
+    else:
+        head = f"risk {change:+.2f}"
     return f"{head}: {', '.join(parts)}" if parts else head

@@ -84,14 +84,14 @@ class ModelConfig:
     """
     How to build a `Scorer`, and how its probability is blended with the prior.
 
-    The defaults (logreg, SGD at 0.005, L2 0.001, log1p) won on the simulator in
+    The defaults (logreg, SGD at 0.01, L2 0.001, log1p) won on the simulator in
     `benchmarks/model_choice.py` (results in benchmarks/results/model_choice.md).
     `learning_rate` and `l2` apply to `logreg` only; the trees ignore them.
     """
 
     kind: ModelKind = "logreg"
     seed: int = 42
-    learning_rate: float = 0.005
+    learning_rate: float = 0.01
     l2: float = 0.001
     prior_weight_half_life: int = 500
     min_labels: int = 50
@@ -597,16 +597,19 @@ def _exact_auc(examples: deque[tuple[float, bool]] | list[tuple[float, bool]]) -
     negatives = len(examples) - positives
     if positives == 0 or negatives == 0:
         return None
-    ordered = sorted(examples, key=lambda example: example[0])
+    ordered = sorted(examples)
     rank_sum = 0.0
-    i = 0
     n = len(ordered)
+    i = 0
     while i < n:
+        # positions i .. j-1 share one score: each gets the average rank (i + 1 + j) / 2
+        score = ordered[i][0]
         j = i
-        while j + 1 < n and ordered[j + 1][0] == ordered[i][0]:
+        tied_positives = 0
+        while j < n and ordered[j][0] == score:
+            tied_positives += ordered[j][1]
             j += 1
-        average_rank = (i + j) / 2.0 + 1.0
-        rank_sum += average_rank * sum(1 for k in range(i, j + 1) if ordered[k][1])
-        i = j + 1
+        rank_sum += tied_positives * (i + 1 + j) / 2.0
+        i = j
     u = rank_sum - positives * (positives + 1) / 2.0
     return u / (positives * negatives)

@@ -310,7 +310,8 @@ class ScoreRule(_Model):
 
 class DeclineRule(_Model):
     """
-    Fire when the score fell by at least `drop` points within `within_days`.
+    Fire when the score fell by at least `drop` points within `within_days` and, when `below`
+    is set, ended below it (a fall from 95 to 70 is a change, not yet a risk).
     """
 
     name: Name
@@ -318,6 +319,7 @@ class DeclineRule(_Model):
     within_days: Positive
     cooldown_days: NonNegative
     severity: Severity
+    below: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
 
 
 _CURRENCY = re.compile(r"[A-Z]{3}")

@@ -38,9 +38,11 @@ class AlertLog:
     by_rule: Counter[str] = field(default_factory=Counter)
     by_action: Counter[str] = field(default_factory=Counter)
     total: int = 0
+    alerts: list[tuple[str, str, datetime]] = field(default_factory=list)
 
     def add(self, customer_id: str, rule: str, action: str, at: datetime) -> None:
         self.total += 1
+        self.alerts.append((customer_id, rule, at))
         self.by_rule[rule] += 1
         self.by_action[action] += 1
         self.times_by_customer.setdefault(customer_id, []).append(at)
@@ -60,6 +62,8 @@ class Evaluation:
     lead_days_p10: float | None
     lead_days_p50: float | None
     lead_days_p90: float | None
+    timely_by_rule: dict[str, int] = field(default_factory=dict)
+    """Per rule: how many of its alerts were timely (on a churner, in its window)."""
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
@@ -102,6 +106,14 @@ def evaluate(
             leads.append((lost_at - min(times)) / timedelta(days=1))
     alerted = [c for c in log.first_by_customer if c in population]
     leads.sort()
+    timely_by_rule: Counter[str] = Counter()
+    for customer_id, rule, at in log.alerts:
+        truth = truths.get(customer_id)
+        if truth is None or not truth.churned or truth.churn_at is None:
+            continue
+        lost_at = truth.churn_at if truth.cancelled else truth.churn_at + horizon
+        if truth.churn_at - horizon <= at <= lost_at:
+            timely_by_rule[rule] += 1
     return Evaluation(
         customers=len(population),
         churners=len(churners),
@@ -112,6 +124,7 @@ def evaluate(
         lead_days_p10=_quantile(leads, 0.10),
         lead_days_p50=_quantile(leads, 0.50),
         lead_days_p90=_quantile(leads, 0.90),
+        timely_by_rule=dict(timely_by_rule),
     )
 
 

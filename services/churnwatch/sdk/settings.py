@@ -1,5 +1,5 @@
 """
-Kafka settings shared by every churnwatch process that talks to the broker (env `CHURNWATCH_KAFKA_`).
+Kafka settings for every churnwatch process that talks to the broker (env `CHURNWATCH_KAFKA_`).
 
 Topic names are settings too, with an optional prefix so several deployments (or tests) can share a
 cluster. `kafka_kwargs()` gives the connection keyword arguments of every kafka-python client.

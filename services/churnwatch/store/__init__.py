@@ -1,1 +1,15 @@
-"""churnwatch.store."""
+"""
+churnwatch.store: the Redis store of the streaming workers (states, partition meta, due and
+risk sets, the outbox, model checkpoints).
+"""
+
+from churnwatch.store.redis_store import (
+    BatchWrite,
+    Keys,
+    OutboxEntry,
+    PartitionMeta,
+    RedisStore,
+)
+from churnwatch.store.settings import StoreSettings
+
+__all__ = ["BatchWrite", "Keys", "OutboxEntry", "PartitionMeta", "RedisStore", "StoreSettings"]

@@ -1,0 +1,690 @@
+"""
+The Redis store: customer states with their applied offsets, per-partition meta, due and risk
+sorted sets, the outbox, and model checkpoints, over redis-py's asyncio clients (a single
+server or Redis Cluster).
+
+Key schema (the streaming protocol; every key carries a hash tag):
+
+- `{prefix}:c:{<customer_id>}` HASH: `churnwatch.core.state.to_dict(state)` plus `o:<partition>`,
+  the offset in churn.events of the last event applied to the customer.
+- `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset),
+  `...:due` ZSET (customer -> next due time, epoch seconds), `...:risk` ZSET (customer ->
+  churn probability), `...:outbox` HASH (entry id -> JSON of a record still to produce).
+- `{prefix}:{model}:ckpt:<epoch>` STRING, `{prefix}:{model}:latest` STRING (newest epoch),
+  `{prefix}:{model}:versions` ZSET (epoch -> epoch): `{model}` is a literal hash tag, so the
+  checkpoints live in one slot.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, TypeAlias, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from churnwatch.core.errors import ChurnwatchError, ConfigError, StoreUnavailableError
+from churnwatch.core.state import CustomerState, from_dict, to_dict
+from churnwatch.store.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+OFFSET_FIELD: Final = "o:"
+"""Prefix of the applied-offset fields of a customer hash (`o:<partition>`)."""
+WAITAOF_MIN_VERSION: Final = (7, 2)
+
+Client: TypeAlias = "Redis | RedisCluster"
+Command: TypeAlias = tuple[Any, ...]
+_DRIVER_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+# Replace a customer's hash in one atomic step (one key, so fine in a cluster): delete every
+# field the new state does not write, except the applied offsets `o:*` (a state written
+# without an offset keeps the ones it had), then write the state and the new offset.
+# ARGV: offset field ('' for none), offset, the fields as one JSON object (one argument
+# instead of ~60 keeps redis-py's per-argument packing cost off the batch).
+_WRITE_STATE: Final = b"""
+local key = KEYS[1]
+local fields = cjson.decode(ARGV[3])
+local stale = {}
+for _, name in ipairs(redis.call('HKEYS', key)) do
+  if fields[name] == nil and string.sub(name, 1, 2) ~= 'o:' then stale[#stale + 1] = name end
+end
+if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+local args = {}
+for name, value in pairs(fields) do
+  args[#args + 1] = name
+  args[#args + 1] = value
+end
+if ARGV[1] ~= '' then
+  args[#args + 1] = ARGV[1]
+  args[#args + 1] = ARGV[2]
+end
+redis.call('HSET', key, unpack(args))
+return #stale
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMeta:
+    """What a scoring worker keeps per partition of churn.events between batches."""
+
+    high_water: datetime | None = None
+    """The largest event time applied on the partition."""
+    watermark: datetime | None = None
+    """high_water less the allowed lateness: the sweep has handled everything due until it."""
+    last_offset: int | None = None
+    """The offset of the last record of churn.events handled on the partition."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A record written to Redis before it is produced (an alert or a training record)."""
+
+    entry_id: str
+    """alert_id or example_id: unique per record, so downstream dedups re-produced ones."""
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """Everything one batch of one partition writes, in one call of `RedisStore.write_batch`."""
+
+    partition: int
+    meta: PartitionMeta
+    states: Sequence[tuple[CustomerState, int | None]] = ()
+    """Each state with the offset of the last event applied to it in this batch (None: the
+    batch only swept it, its applied offset stays)."""
+    outbox: Sequence[OutboxEntry] = ()
+    due: Mapping[str, datetime | None] = field(default_factory=dict)
+    """Customer -> next due time of the sweep; None removes the customer from the due set."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key schema of the streaming protocol under one prefix."""
+
+    prefix: str
+
+    def customer(self, customer_id: str) -> str:
+        return f"{self.prefix}:c:{{{customer_id}}}"
+
+    def partition(self, partition: int, kind: str) -> str:
+        return f"{self.prefix}:p:{{{partition}}}:{kind}"
+
+    def meta(self, partition: int) -> str:
+        return self.partition(partition, "meta")
+
+    def due(self, partition: int) -> str:
+        return self.partition(partition, "due")
+
+    def risk(self, partition: int) -> str:
+        return self.partition(partition, "risk")
+
+    def outbox(self, partition: int) -> str:
+        return self.partition(partition, "outbox")
+
+    def checkpoint(self, epoch: int) -> str:
+        return f"{self.prefix}:{{model}}:ckpt:{epoch}"
+
+    def latest(self) -> str:
+        return f"{self.prefix}:{{model}}:latest"
+
+    def versions(self) -> str:
+        return f"{self.prefix}:{{model}}:versions"
+
+
+def _seconds(at: datetime, what: str) -> float:
+    if at.tzinfo is None or at.utcoffset() is None:
+        msg = f"{what}: expected a timezone-aware datetime, got naive {at.isoformat()}"
+        raise ValueError(msg)
+    return at.timestamp()
+
+
+def _iso(at: datetime | None, what: str) -> str:
+    if at is None:
+        return ""
+    _seconds(at, what)
+    return at.isoformat()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """`"7.2.4"` -> `(7, 2, 4)`; the digits before any non-digit of each part."""
+    parts: list[int] = []
+    for part in text.split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def waitaof_reason(version: str | None, appendonly: str | None) -> str | None:
+    """
+    Why WAITAOF cannot be used on a server, or None when it can (as far as INFO and CONFIG
+    tell; `appendonly` None means CONFIG was refused and the command itself must be asked).
+    """
+    if version is not None and version_tuple(version) < WAITAOF_MIN_VERSION:
+        return f"redis_version {version} < 7.2 has no WAITAOF"
+    if appendonly is not None and appendonly != "yes":
+        return f"appendonly is {appendonly!r}, not 'yes'"
+    return None
+
+
+def encode_outbox(entry: OutboxEntry, seq: tuple[int, int]) -> bytes:
+    """The outbox hash value of an entry; `seq` orders entries for re-production."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return orjson.dumps(
+        {
+            "topic": entry.topic,
+            "key_b64": None if entry.key is None else b64(entry.key),
+            "value_b64": b64(entry.value),
+            "headers": [[name, b64(value)] for name, value in entry.headers],
+            "seq": list(seq),
+        }
+    )
+
+
+def decode_outbox(entry_id: str, raw: bytes) -> tuple[tuple[int, int], OutboxEntry]:
+    """The inverse of `encode_outbox`: (seq, entry)."""
+    data = orjson.loads(raw)
+    key = data["key_b64"]
+    entry = OutboxEntry(
+        entry_id=entry_id,
+        topic=data["topic"],
+        key=None if key is None else base64.b64decode(key),
+        value=base64.b64decode(data["value_b64"]),
+        headers=tuple((name, base64.b64decode(value)) for name, value in data["headers"]),
+    )
+    seq = data["seq"]
+    return (int(seq[0]), int(seq[1])), entry
+
+
+def _hash(reply: object) -> dict[bytes, bytes]:
+    # redis-py types HGETALL loosely; with decode_responses=False it is bytes -> bytes.
+    return cast(dict[bytes, bytes], reply)
+
+
+def _decode_state(key: str, raw: Mapping[bytes, bytes]) -> tuple[CustomerState, dict[int, int]]:
+    fields: dict[str, str] = {}
+    offsets: dict[int, int] = {}
+    for name_b, value_b in raw.items():
+        name, value = name_b.decode(), value_b.decode()
+        if name.startswith(OFFSET_FIELD):
+            offsets[int(name[len(OFFSET_FIELD) :])] = int(value)
+        else:
+            fields[name] = value
+    try:
+        return from_dict(fields), offsets
+    except ValueError as exc:
+        msg = f"redis store: key {key!r} does not hold a customer state: {exc}"
+        raise ChurnwatchError(msg) from exc
+
+
+class RedisStore:
+    """
+    The streaming workers' Redis store. Build it from settings (no I/O), then `await start()`.
+
+    Every driver error is raised as `StoreUnavailableError` naming the operation and the
+    address (never the password), with the driver's exception chained.
+    """
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self._settings = settings
+        self.keys = Keys(settings.prefix)
+        self._client: Client | None = None
+        self._waitaof = False
+        self.waitaof_reason = "not started"
+        """Why WAITAOF is or is not used (logged once at start as `store.waitaof`)."""
+
+    @property
+    def waitaof(self) -> bool:
+        """Whether `write_batch` waits for the AOF fsync (WAITAOF) after writing."""
+        return self._waitaof
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _secrets(self) -> list[str]:
+        found: list[str] = []
+        if self._settings.password is not None:
+            found.append(self._settings.password.get_secret_value())
+        try:
+            url_password = parse_url(self._settings.url).get("password")
+        except ValueError:
+            url_password = None
+        if url_password:
+            found.append(str(url_password))
+        return [s for s in found if s]
+
+    def _error(self, op: str, exc: BaseException) -> StoreUnavailableError:
+        detail = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets():
+            detail = detail.replace(secret, "***")
+        kind = "redis cluster" if self._settings.cluster else "redis"
+        return StoreUnavailableError(f"{op} on {kind} at {self._settings.address}: {detail}")
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        s = self._settings
+        try:
+            parsed = parse_url(s.url)
+        except ValueError as exc:
+            msg = f"CHURNWATCH_REDIS_URL: expected a redis URL, got an invalid one ({exc})"
+            raise ConfigError(msg) from exc
+        kwargs: dict[str, Any] = {
+            "username": s.username if s.username is not None else parsed.get("username"),
+            "password": (
+                s.password.get_secret_value() if s.password is not None else parsed.get("password")
+            ),
+            "socket_timeout": s.socket_timeout,
+            "socket_connect_timeout": s.socket_timeout,
+            "decode_responses": False,
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        }
+        tls = s.tls or s.url.startswith("rediss://")
+        if tls:
+            kwargs["ssl"] = True
+            for name, path in (
+                ("ssl_ca_certs", s.tls_ca_file),
+                ("ssl_certfile", s.tls_cert_file),
+                ("ssl_keyfile", s.tls_key_file),
+            ):
+                if path is not None:
+                    if not path.is_file():
+                        msg = f"{name}: expected a readable file, got {str(path)!r}"
+                        raise ConfigError(msg)
+                    kwargs[name] = str(path)
+        if s.cluster:
+            if parsed.get("db"):
+                msg = f"url: Redis Cluster has only db 0, got db {parsed.get('db')}"
+                raise ConfigError(msg)
+            if s.cluster_nodes:
+                nodes = [n.rpartition(":") for n in s.cluster_nodes]
+                kwargs["startup_nodes"] = [ClusterNode(h.strip("[]"), int(p)) for h, _, p in nodes]
+            else:
+                kwargs["host"] = parsed.get("host", "127.0.0.1")
+                kwargs["port"] = parsed.get("port", 6379)
+        elif "path" in parsed:
+            kwargs["unix_socket_path"] = parsed["path"]
+        else:
+            kwargs["host"] = parsed.get("host", "127.0.0.1")
+            kwargs["port"] = parsed.get("port", 6379)
+            kwargs["db"] = parsed.get("db", 0)
+        return kwargs
+
+    async def start(self) -> None:
+        """Connect, check the server answers, and find out whether WAITAOF can be used."""
+        if self._client is not None:
+            return
+        op = "start"
+        kwargs = self._connection_kwargs()
+        client: Client = RedisCluster(**kwargs) if self._settings.cluster else Redis(**kwargs)
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            await client.ping()
+            self._waitaof, self.waitaof_reason = await self._detect_waitaof(client, kwargs)
+        except _DRIVER_ERRORS as exc:
+            await client.aclose()
+            raise self._error(op, exc) from exc
+        self._client = client
+        log.info(
+            "store.waitaof",
+            extra={
+                "enabled": self._waitaof,
+                "reason": self.waitaof_reason,
+                "address": self._settings.address,
+            },
+        )
+
+    async def _detect_waitaof(self, client: Client, kwargs: dict[str, Any]) -> tuple[bool, str]:
+        if not self._settings.wait_aof:
+            return False, "wait_aof is off in the settings"
+        if isinstance(client, RedisCluster):
+            node_kwargs = {k: v for k, v in kwargs.items() if k not in ("startup_nodes", "host")}
+            node_kwargs.pop("port", None)
+            for node in client.get_primaries():
+                # A plain connection per primary: INFO and CONFIG replies of one node each.
+                one = Redis(host=node.host, port=int(node.port), **node_kwargs)
+                try:
+                    reason = await self._waitaof_problem(one)
+                finally:
+                    await one.aclose()
+                if reason is not None:
+                    return False, f"{node.host}:{node.port}: {reason}"
+            return True, "every primary has redis >= 7.2 with appendonly yes"
+        reason = await self._waitaof_problem(client)
+        if reason is not None:
+            return False, reason
+        return True, "redis >= 7.2 with appendonly yes"
+
+    async def _waitaof_problem(self, client: Redis) -> str | None:
+        version: str | None
+        try:
+            info = await client.info("server")
+            version = str(info.get("redis_version", "")) or None
+        except ResponseError:
+            version = None  # INFO refused (ACL): the command itself will tell
+        try:
+            reply = cast(Mapping[Any, Any], await client.config_get("appendonly"))
+            raw = reply.get(b"appendonly", reply.get("appendonly"))
+            appendonly: str | None = None if raw is None else _text(raw)
+        except ResponseError:
+            appendonly = None  # CONFIG renamed away or refused by an ACL
+        reason = waitaof_reason(version, appendonly)
+        if reason is not None or (version is not None and appendonly is not None):
+            return reason
+        # Unknown: ask WAITAOF itself. This connection wrote nothing, so it returns at once
+        # when supported, and errors when the command is unknown or AOF is off.
+        try:
+            await self._pipeline(client, [("WAITAOF", 1, 0, 1)])
+        except ResponseError as exc:
+            return f"WAITAOF refused: {exc}"
+        return None
+
+    async def close(self) -> None:
+        """Close every connection; the store can be started again."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @asynccontextmanager
+    async def _op(self, op: str) -> AsyncIterator[Client]:
+        client = self._client
+        if client is None:
+            msg = f"{op}: the redis store at {self._settings.address} is not started"
+            raise StoreUnavailableError(msg)
+        try:
+            yield client
+        except _DRIVER_ERRORS as exc:
+            raise self._error(op, exc) from exc
+
+    @staticmethod
+    async def _pipeline(client: Client, commands: Iterable[Command]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
+
+    async def ping(self) -> None:
+        async with self._op("ping") as client:
+            await client.ping()
+
+    # -- customers ----------------------------------------------------------------------
+    async def load_states(
+        self, customer_ids: Iterable[str]
+    ) -> dict[str, tuple[CustomerState, dict[int, int]]]:
+        """
+        The states of these customers and their applied offsets by partition, read with one
+        pipeline; customers never written are absent.
+        """
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return {}
+        keys = [self.keys.customer(cid) for cid in ids]
+        async with self._op("load_states") as client:
+            replies = await self._pipeline(client, [("HGETALL", key) for key in keys])
+        return {
+            cid: _decode_state(key, raw)
+            for cid, key, raw in zip(ids, keys, replies, strict=True)
+            if raw
+        }
+
+    async def load_state(self, customer_id: str) -> CustomerState | None:
+        """One customer's state, or None when it was never written."""
+        key = self.keys.customer(customer_id)
+        async with self._op("load_state") as client:
+            raw = _hash(await client.hgetall(key))
+        return _decode_state(key, raw)[0] if raw else None
+
+    # -- partitions ---------------------------------------------------------------------
+    async def load_partition(self, partition: int) -> PartitionMeta:
+        """The partition's meta; all None when nothing was written for it yet."""
+        async with self._op("load_partition") as client:
+            raw = _hash(await client.hgetall(self.keys.meta(partition)))
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        high_water = data.get("high_water") or None
+        watermark = data.get("watermark") or None
+        last_offset = data.get("last_offset") or None
+        return PartitionMeta(
+            high_water=None if high_water is None else datetime.fromisoformat(high_water),
+            watermark=None if watermark is None else datetime.fromisoformat(watermark),
+            last_offset=None if last_offset is None else int(last_offset),
+        )
+
+    async def due_customers(
+        self, partition: int, until: datetime, limit: int = 10_000
+    ) -> list[str]:
+        """The customers of the partition whose next due time is at or before `until`."""
+        score = _seconds(until, "due_customers until")
+        async with self._op("due_customers") as client:
+            members = await client.zrangebyscore(
+                self.keys.due(partition), "-inf", score, start=0, num=limit
+            )
+        return [_text(m) for m in cast(list[bytes], members)]
+
+    def _batch_commands(self, batch: BatchWrite) -> tuple[list[Command], ...]:
+        keys, p = self.keys, batch.partition
+        seq_base = -1 if batch.meta.last_offset is None else batch.meta.last_offset
+        outbox: list[Command] = []
+        if batch.outbox:
+            pairs: list[Any] = []
+            for i, entry in enumerate(batch.outbox):
+                pairs += [entry.entry_id, encode_outbox(entry, (seq_base, i))]
+            outbox.append(("HSET", keys.outbox(p), *pairs))
+        states: list[Command] = []
+        risk_add: list[Any] = []
+        risk_rem: list[str] = []
+        for state, offset in batch.states:
+            fields = orjson.dumps(to_dict(state))
+            states.append(
+                (
+                    "EVAL",
+                    _WRITE_STATE,
+                    1,
+                    keys.customer(state.customer_id),
+                    "" if offset is None else f"{OFFSET_FIELD}{p}",
+                    "" if offset is None else offset,
+                    fields,
+                )
+            )
+            if state.churn_probability is None:
+                risk_rem.append(state.customer_id)
+            else:
+                risk_add += [state.churn_probability, state.customer_id]
+        part: list[Command] = []
+        due_add: list[Any] = []
+        due_rem: list[str] = []
+        for customer_id, due_at in batch.due.items():
+            if due_at is None:
+                due_rem.append(customer_id)
+            else:
+                due_add += [_seconds(due_at, f"due of {customer_id!r}"), customer_id]
+        if due_add:
+            part.append(("ZADD", keys.due(p), *due_add))
+        if due_rem:
+            part.append(("ZREM", keys.due(p), *due_rem))
+        if risk_add:
+            part.append(("ZADD", keys.risk(p), *risk_add))
+        if risk_rem:
+            part.append(("ZREM", keys.risk(p), *risk_rem))
+        meta = batch.meta
+        part.append(
+            (
+                "HSET",
+                keys.meta(p),
+                "high_water",
+                _iso(meta.high_water, "meta.high_water"),
+                "watermark",
+                _iso(meta.watermark, "meta.watermark"),
+                "last_offset",
+                "" if meta.last_offset is None else str(meta.last_offset),
+            )
+        )
+        return outbox, states, part
+
+    async def write_batch(self, batch: BatchWrite) -> None:
+        """
+        Write one batch: outbox entries first, then the states with their applied offsets,
+        the due and risk sets, and the partition meta last; then wait for the AOF fsync
+        (WAITAOF) when the server supports it.
+
+        On one server this is one pipeline (one round trip): the server applies it in order,
+        so whatever prefix survives a crash, the meta is never ahead of the states nor the
+        states ahead of the outbox. A cluster applies a pipeline per node in parallel, so
+        there the three groups go in three pipelines, one after the other.
+
+        Raises:
+            StoreUnavailableError: Redis failed, or WAITAOF did not confirm the fsync in time.
+        """
+        phases = self._batch_commands(batch)
+        timeout_ms = int(self._settings.wait_aof_timeout * 1000)
+        async with self._op("write_batch") as client:
+            if isinstance(client, RedisCluster):
+                replies = await self._write_cluster(client, phases, timeout_ms)
+            else:
+                commands = [c for phase in phases for c in phase]
+                if self._waitaof:
+                    commands.append(("WAITAOF", 1, 0, timeout_ms))
+                    replies = [(await self._pipeline(client, commands))[-1]]
+                else:
+                    await self._pipeline(client, commands)
+                    replies = []
+        for reply in replies:
+            if int(reply[0]) < 1:
+                msg = (
+                    f"write_batch on redis at {self._settings.address}: written, but WAITAOF "
+                    f"did not confirm the AOF fsync within {self._settings.wait_aof_timeout}s"
+                )
+                raise StoreUnavailableError(msg)
+
+    async def _write_cluster(
+        self, client: RedisCluster, phases: tuple[list[Command], ...], timeout_ms: int
+    ) -> list[Any]:
+        outbox, states, part = phases
+        waits: list[Any] = []
+        for i, phase in enumerate((outbox, states, part)):
+            if not phase:
+                continue
+            pipe = client.pipeline(transaction=False)
+            for command in phase:
+                pipe.execute_command(*command)
+            # WAITAOF waits for the writes of its own connection: one per node written in this
+            # phase, queued after them (a node's commands share one connection). The partition
+            # node's wait in the last phase covers the outbox written there in the first.
+            nodes: dict[str, ClusterNode] = {}
+            if self._waitaof and i > 0:
+                for command in phase:
+                    node = client.get_node_from_key(command[3] if i == 1 else command[1])
+                    if node is not None:
+                        nodes[node.name] = node
+                for node in nodes.values():
+                    pipe.execute_command("WAITAOF", 1, 0, timeout_ms, target_nodes=node)
+            replies = await pipe.execute()
+            if nodes:
+                waits += replies[-len(nodes) :]
+        return waits
+
+    async def outbox(self, partition: int) -> list[OutboxEntry]:
+        """The entries still in the partition's outbox, in the order they were written."""
+        async with self._op("outbox") as client:
+            raw = _hash(await client.hgetall(self.keys.outbox(partition)))
+        decoded = [decode_outbox(k.decode(), v) for k, v in raw.items()]
+        return [entry for _, entry in sorted(decoded, key=lambda d: (d[0], d[1].entry_id))]
+
+    async def clear_outbox(self, partition: int, entry_ids: Iterable[str]) -> None:
+        """Remove these entries (produced and acknowledged) from the partition's outbox."""
+        ids = list(entry_ids)
+        if not ids:
+            return
+        async with self._op("clear_outbox") as client:
+            await client.hdel(self.keys.outbox(partition), *ids)
+
+    # -- model checkpoints --------------------------------------------------------------
+    async def save_checkpoint(self, epoch: int, data: bytes) -> None:
+        """
+        Store the checkpoint of `epoch`, point `latest` at the newest epoch, and keep only the
+        newest `checkpoints_kept` checkpoints.
+        """
+        keys = self.keys
+        kept = self._settings.checkpoints_kept
+        async with self._op("save_checkpoint") as client:
+            # All checkpoint keys share the hash tag {model}: one node, applied in order.
+            replies = await self._pipeline(
+                client,
+                [
+                    ("SET", keys.checkpoint(epoch), data),
+                    ("ZADD", keys.versions(), epoch, epoch),
+                    ("ZREVRANGE", keys.versions(), 0, -1),
+                ],
+            )
+            epochs = [int(_text(e)) for e in replies[-1]]
+            trim = epochs[kept:]
+            tidy: list[Command] = [("SET", keys.latest(), str(epochs[0]))]
+            tidy += [("DEL", keys.checkpoint(old)) for old in trim]
+            if trim:
+                tidy.append(("ZREM", keys.versions(), *trim))
+            await self._pipeline(client, tidy)
+
+    async def load_checkpoint(self, epoch: int) -> bytes | None:
+        """The checkpoint of `epoch`, or None."""
+        async with self._op("load_checkpoint") as client:
+            data = await client.get(self.keys.checkpoint(epoch))
+        return None if data is None else bytes(cast(bytes, data))
+
+    async def latest_checkpoint(self, *, at_most: int | None = None) -> tuple[int, bytes] | None:
+        """The newest checkpoint whose epoch is at most `at_most` (any when None), or None."""
+        top = "+inf" if at_most is None else at_most
+        async with self._op("latest_checkpoint") as client:
+            # A few candidates: one may be trimmed between the two reads.
+            found = await client.zrevrangebyscore(self.keys.versions(), top, "-inf", 0, 3)
+            epochs = [int(e) for e in cast(list[bytes], found)]
+            if not epochs:
+                return None
+            blobs = await self._pipeline(client, [("GET", self.keys.checkpoint(e)) for e in epochs])
+        for epoch, blob in zip(epochs, blobs, strict=True):
+            if blob is not None:
+                return epoch, bytes(blob)
+        return None
+
+    # -- reads for the API and the CLI --------------------------------------------------
+    async def at_risk(
+        self, *, limit: int = 50, offset: int = 0, partitions: Iterable[int]
+    ) -> list[tuple[str, float]]:
+        """
+        Customers by churn probability, highest first, merged over the partitions (ties:
+        customer id descending, as Redis orders them), from `offset` for `limit`.
+        """
+        parts = list(dict.fromkeys(partitions))
+        if limit <= 0 or not parts:
+            return []
+        stop = offset + limit - 1
+        async with self._op("at_risk") as client:
+            replies = await self._pipeline(
+                client,
+                [("ZREVRANGE", self.keys.risk(p), 0, stop, "WITHSCORES") for p in parts],
+            )
+        merged = [(_text(m), float(s)) for reply in replies for m, s in reply]
+        merged.sort(key=lambda item: (item[1], item[0]), reverse=True)
+        return merged[offset : offset + limit]
