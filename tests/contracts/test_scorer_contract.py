@@ -244,3 +244,26 @@ def test_predictions_are_probabilities_strictly_inside_zero_one(kind: ModelKind)
 
     for x in extremes:
         assert 0.0 < scorer.predict_one(x) < 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_explain_one_equals_predict_and_contributions(kind: str) -> None:
+    """
+    explain_one gives what predict_one and contributions give (to rounding), before and after
+    learning.
+    """
+    scorer = Scorer(ModelConfig(kind=kind))  # type: ignore[arg-type]
+    x = {"a": 1.0, "b": 3.0, "c": -2.0}
+    assert (scorer.predict_one(x), scorer.contributions(x)) == scorer.explain_one(x)
+    for i in range(60):
+        scorer.learn_one({"a": float(i % 7), "b": float(i % 3), "c": 1.0}, i % 5 == 0)
+    p = scorer.predict_one(x)
+    contributions = scorer.contributions(x)
+    p2, contributions2 = scorer.explain_one(x)
+    assert math.isclose(p, p2, rel_tol=1e-12)
+    assert contributions.keys() == contributions2.keys()
+    assert all(
+        math.isclose(contributions[k], contributions2[k], rel_tol=1e-12, abs_tol=1e-15) for k in x
+    )
+    assert p2 == scorer.score_one(x)
+    assert math.isclose(p2, scorer.predict_one(x), rel_tol=1e-12)

@@ -89,7 +89,11 @@ def read_topic(bootstrap: str, topic: str, at_least: int = 0) -> list[ConsumerRe
     record acknowledged but not yet visible to fetches.
     """
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # An empty partition answers a fetch only after this wait; keep it short.
+        fetch_max_wait_ms=50,
     )
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -103,7 +107,10 @@ def read_topic(bootstrap: str, topic: str, at_least: int = 0) -> list[ConsumerRe
             if (
                 len(records) >= at_least
                 and None not in highs
-                and all(consumer.position(tp) >= high for tp, high in zip(partitions, highs))
+                and all(
+                    consumer.position(tp) >= high
+                    for tp, high in zip(partitions, highs, strict=True)
+                )
             ):
                 return sorted(records, key=lambda r: (r.partition, r.offset))
         pytest.fail(f"expected to read {topic} to its end within {DEADLINE_S}s")
@@ -178,7 +185,10 @@ def test_events_and_dicts_are_sent_as_their_canonical_json(
     ("bad", "reason"),
     [
         (b"{not json", "malformed_json"),
-        (line({k: v for k, v in event("purchase", "c1").items() if k != "amount"}), "missing_field"),
+        (
+            line({k: v for k, v in event("purchase", "c1").items() if k != "amount"}),
+            "missing_field",
+        ),
         (line(event("purchase", "c1") | {"amount": -3}), "invalid_value"),
         (line(event("login", "c1") | {"type": "logout"}), "unknown_type"),
         (line(event("login", "c1") | {"ts": "2024-03-01T10:00:00"}), "naive_timestamp"),
@@ -195,7 +205,7 @@ def test_a_bad_event_raises_and_is_not_sent(
     with EventProducer(settings, metrics=Metrics(registry)) as producer:
         with pytest.raises(BadEventError) as caught:
             producer.send(bad)
-        kind = "purchase" if b"purchase" in bad else "login"
+        kind: EventType = "purchase" if b"purchase" in bad else "login"
         good = producer.send(event(kind, "c1")).get(timeout=DEADLINE_S)
 
     assert reason == caught.value.reason
@@ -257,8 +267,9 @@ def test_publish_file_sends_the_good_lines_and_counts_the_bad_ones_by_reason(
         == summary.rejected
     )
     assert [2, 5, 6, 9] == [r.line for r in summary.first_rejections]
-    assert Rejection(2, "malformed_json", summary.first_rejections[0].message) == (
-        summary.first_rejections[0]
+    assert (
+        Rejection(2, "malformed_json", summary.first_rejections[0].message)
+        == (summary.first_rejections[0])
     )
     assert (Counter(), None) == (summary.failed, summary.stopped)
     assert [10] == seen
@@ -284,8 +295,7 @@ def test_the_publish_command_prints_sent_and_rejected_counts(
     """
     path = tmp_path / "events.jsonl"
     path.write_bytes(
-        b"\n".join([line(event("login", "c1")), b"nope", line(event("login", "c2")), b"{}"])
-        + b"\n"
+        b"\n".join([line(event("login", "c1")), b"nope", line(event("login", "c2")), b"{}"]) + b"\n"
     )
     group = click.Group("churnwatch")
     register(group)

@@ -81,7 +81,11 @@ class ModelView(Protocol):
 
     def predict_one(self, x: Mapping[str, float]) -> float: ...
 
+    def score_one(self, x: Mapping[str, float]) -> float: ...
+
     def contributions(self, x: Mapping[str, float]) -> dict[str, float]: ...
+
+    def explain_one(self, x: Mapping[str, float]) -> tuple[float, dict[str, float]]: ...
 
 
 ModelFor = Callable[[datetime], ModelView]
@@ -100,7 +104,8 @@ class Scoring:
     model_weight: float
     onboarding: bool
     segment: str
-    factors: Mapping[str, float]
+    prior_factors: Mapping[str, float]
+    """The prior's share of the probability per feature (its matched point rules)."""
     model_version: str
 
 
@@ -166,17 +171,15 @@ def score_at(
     """
     cfg = policy.config
     x = feats.vector(features, at=at, config=cfg.features)
-    prior = prior_points(policy.rules, x)
+    prior = prior_points(policy.rules, x, texts=False)
     weight = 0.0 if prior.onboarding else model_weight(model.n_labels, cfg.model)
     prior_factors: dict[str, float] = {}
     for hit in prior.hits:
         prior_factors[hit.feature] = prior_factors.get(hit.feature, 0.0) - hit.points / 100.0
     model_p: float | None = None
-    model_factors: dict[str, float] = {}
     p = prior.churn_probability
     if weight > 0.0:
-        model_p = model.predict_one(x)
-        model_factors = explain.model_factors(model_p, model.contributions(x))
+        model_p = model.score_one(x)
         p = blend(prior.churn_probability, model_p, n_labels=model.n_labels, config=cfg.model)
     scoring = Scoring(
         at=at,
@@ -187,10 +190,23 @@ def score_at(
         model_weight=weight,
         onboarding=prior.onboarding,
         segment=segment_of(policy.rules, x["ltv"]),
-        factors=explain.blend_factors(model_factors, prior_factors, weight=weight),
+        prior_factors=prior_factors,
         model_version=model.version,
     )
     return x, scoring
+
+
+def factors_of(scoring: Scoring, x: Mapping[str, float], model: ModelView) -> dict[str, float]:
+    """
+    Every feature's signed share of the scoring's churn probability: the model's part (its
+    contributions to the logit, turned into probability) and the prior's part (its points),
+    weighted as the blend weighs them. Computed only where it is shown: alerts and anchors.
+    """
+    model_factors: dict[str, float] = {}
+    if scoring.model_weight > 0.0 and scoring.model_probability is not None:
+        model_p, contributions = model.explain_one(x)
+        model_factors = explain.model_factors(model_p, contributions)
+    return explain.blend_factors(model_factors, scoring.prior_factors, weight=scoring.model_weight)
 
 
 def _avg_purchase_gap_days(f: feats.Features) -> float:
@@ -229,16 +245,6 @@ def next_due_at(state: CustomerState, policy: Policy) -> datetime | None:
     return min(candidates) if candidates else None
 
 
-def _advance_anchor(state: CustomerState, scoring: Scoring, policy: Policy) -> CustomerState:
-    current = Anchor(scoring.at, scoring.score, scoring.churn_probability, scoring.factors)
-    nxt = state.next_anchor
-    if nxt is None:
-        return replace(state, next_anchor=current)
-    if scoring.at - nxt.at >= policy.config.anchor_every:
-        return replace(state, anchor=nxt, next_anchor=current)
-    return state
-
-
 def _reference(state: CustomerState) -> Anchor | None:
     return state.anchor or state.next_anchor
 
@@ -250,6 +256,7 @@ def _decide(
     extra: list[al.Decision],
     extra_states: Mapping[str, al.RuleState],
     *,
+    model: ModelView,
     emitted_at: datetime,
     policy: Policy,
 ) -> tuple[CustomerState, list[al.AlertRecord]]:
@@ -273,12 +280,14 @@ def _decide(
     )
     rule_states.update(changed)
     records: list[al.AlertRecord] = []
-    for decision in [*extra, *decisions, *declines]:
+    fired = [*extra, *decisions, *declines]
+    anchor, next_anchor = state.anchor, state.next_anchor
+    capture = next_anchor is None or scoring.at - next_anchor.at >= policy.config.anchor_every
+    factors = factors_of(scoring, x, model) if fired or capture else {}
+    for decision in fired:
         before = ref.factors if ref is not None else {}
         change = scoring.churn_probability - (ref.churn_probability if ref is not None else 0.0)
-        items = explain.reasons(
-            scoring.factors, before, change=change, x=x, top=policy.config.top_reasons
-        )
+        items = explain.reasons(factors, before, change=change, x=x, top=policy.config.top_reasons)
         records.append(
             al.AlertRecord(
                 alert_id=al.alert_id_for(state.customer_id, decision.rule, decision.decided_at),
@@ -303,17 +312,21 @@ def _decide(
                 rules_version=policy.rules_version,
             )
         )
+    if capture:
+        current = Anchor(scoring.at, scoring.score, scoring.churn_probability, factors)
+        anchor, next_anchor = (anchor, current) if next_anchor is None else (next_anchor, current)
     state = replace(
         state,
         scored_at=at,
         score=scoring.score,
         churn_probability=scoring.churn_probability,
         segment=scoring.segment,
-        factors=scoring.factors,
         rules=rule_states,
         alerts=state.alerts + len(records),
+        anchor=anchor,
+        next_anchor=next_anchor,
     )
-    return _advance_anchor(state, scoring, policy), records
+    return state, records
 
 
 def sweep_one(
@@ -357,7 +370,8 @@ def sweep_one(
         last = state.last_activity_at
         if due not in _rescore_points(state, policy) or last is None:
             continue
-        x, scoring = score_at(state.features, at=due, model=model_for(due), policy=policy)
+        model = model_for(due)
+        x, scoring = score_at(state.features, at=due, model=model, policy=policy)
         extra: list[al.Decision] = []
         extra_states: dict[str, al.RuleState] = {}
         inactive_at = al.inactivity_due_at(
@@ -367,7 +381,9 @@ def sweep_one(
             extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
         if due - last in policy.config.silence_checkpoints:
             state = replace(state, pending=(*state.pending, Snapshot(due, "silence", x)))
-        state, made = _decide(state, scoring, x, extra, extra_states, emitted_at=due, policy=policy)
+        state, made = _decide(
+            state, scoring, x, extra, extra_states, model=model, emitted_at=due, policy=policy
+        )
         records.extend(made)
     outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
     return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
@@ -428,6 +444,21 @@ def process_event(
         cancelled_at = None
         rule_states.update(al.rearm_inactivity(rule_states, rules=policy.rules))
 
+    model = model_for(last)
+    x, scoring = score_at(features, at=last, model=model, policy=policy)
+    extra: list[al.Decision] = []
+    extra_states: dict[str, al.RuleState] = {}
+    last_sample_at = state.last_sample_at
+    if event.type != "cancel":
+        extra_states, extra = al.evaluate_event(rule_states, event, rules=policy.rules)
+        kind: Literal["sample", "event"] = "event"
+        resampled = any(s.taken_at == last and s.kind == "sample" for s in pending)
+        if resampled or last_sample_at is None or last - last_sample_at >= cfg.snapshot_every:
+            kind = "sample"
+            last_sample_at = last
+        kept = tuple(s for s in pending if s.kind != "event" and s.taken_at != last)
+        pending = (*kept, Snapshot(last, kind, x))
+
     seen_floor = _days(watermark)
     seen = {eid: day for eid, day in state.seen.items() if day >= seen_floor}
     seen[event.event_id] = _days(event.ts)
@@ -437,29 +468,13 @@ def process_event(
         last_activity_at=last,
         swept_at=last if previous is None or last > previous else state.swept_at,
         pending=pending,
+        last_sample_at=last_sample_at,
         rules=rule_states,
         seen=dict(sorted(seen.items())),
         cancelled_at=cancelled_at,
     )
-
-    x, scoring = score_at(features, at=last, model=model_for(last), policy=policy)
-    extra: list[al.Decision] = []
-    extra_states: dict[str, al.RuleState] = {}
-    if event.type != "cancel":
-        extra_states, extra = al.evaluate_event(state.rules, event, rules=policy.rules)
-        kind: Literal["sample", "event"] = "event"
-        resampled = any(s.taken_at == last and s.kind == "sample" for s in state.pending)
-        if (
-            resampled
-            or state.last_sample_at is None
-            or last - state.last_sample_at >= cfg.snapshot_every
-        ):
-            kind = "sample"
-            state = replace(state, last_sample_at=last)
-        kept = tuple(s for s in state.pending if s.kind != "event" and s.taken_at != last)
-        state = replace(state, pending=(*kept, Snapshot(last, kind, x)))
     state, made = _decide(
-        state, scoring, x, extra, extra_states, emitted_at=watermark, policy=policy
+        state, scoring, x, extra, extra_states, model=model, emitted_at=watermark, policy=policy
     )
     records.extend(made)
     return StepResult(state, "processed", tuple(records), tuple(examples), scoring)

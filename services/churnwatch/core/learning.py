@@ -102,9 +102,10 @@ class Curriculum:
         while boundary(self._next, self.length) <= low:
             released.append((self._next, self._pop_before(boundary(self._next, self.length))))
             self._next += 1
-        # Remember what was learned for two epochs, to recognise late redeliveries.
-        forget = boundary(self._next - 3, self.length)
-        self._learned = {k: at for k, at in self._learned.items() if at >= forget}
+        if released:
+            # Remember what was learned for two epochs, to recognise late redeliveries.
+            forget = boundary(self._next - 3, self.length)
+            self._learned = {k: at for k, at in self._learned.items() if at >= forget}
         return released
 
     def _pop_before(self, bound: datetime) -> list[Example]:

@@ -891,13 +891,14 @@ def is_onboarding(rules: RulesFile, x: Mapping[str, float]) -> bool:
     )
 
 
-def prior_points(rules: RulesFile, x: Mapping[str, float]) -> PriorResult:
+def prior_points(rules: RulesFile, x: Mapping[str, float], *, texts: bool = True) -> PriorResult:
     """
     The points-based health score, from the onboarding profile while `is_onboarding`.
 
     Args:
         rules: the rules.
         x: the feature vector; a point rule whose feature is missing (or NaN) does not match.
+        texts: fill in the hits' labels (the per-event path, which does not show them, skips it).
 
     Returns:
         The score, the churn probability it implies, and the rules that matched.
@@ -914,7 +915,8 @@ def prior_points(rules: RulesFile, x: Mapping[str, float]) -> PriorResult:
         above, below = rule.above, rule.below
         if (above is not None and value > above) or (below is not None and value < below):
             total += rule.points
-            hits.append(PointHit(rule.feature, rule.points, rule.text(value), value))
+            text = rule.text(value) if texts else ""
+            hits.append(PointHit(rule.feature, rule.points, text, value))
     score = min(100.0, max(0.0, total))
     return PriorResult(score, (100.0 - score) / 100.0, onboarding, tuple(hits))
 

@@ -51,7 +51,6 @@ class CustomerState:
     score: float | None = None
     churn_probability: float | None = None
     segment: str = ""
-    factors: Mapping[str, float] = field(default_factory=_frozen)
     anchor: Anchor | None = None
     next_anchor: Anchor | None = None
     pending: tuple[Snapshot, ...] = ()
@@ -105,7 +104,6 @@ def to_dict(state: CustomerState) -> dict[str, str]:
         "score": state.score,
         "p": state.churn_probability,
         "segment": state.segment,
-        "factors": dict(state.factors),
         "anchor": _anchor_to(state.anchor),
         "next_anchor": _anchor_to(state.next_anchor),
         "pending": [[s.taken_at.isoformat(), s.kind, dict(s.x)] for s in state.pending],
@@ -155,7 +153,6 @@ def from_dict(data: Mapping[str, str]) -> CustomerState:
             score=rest["score"],
             churn_probability=rest["p"],
             segment=rest["segment"],
-            factors=_frozen(rest["factors"]),
             anchor=_anchor_from(rest["anchor"]),
             next_anchor=_anchor_from(rest["next_anchor"]),
             pending=pending,

@@ -107,6 +107,7 @@ class Replay:
         self.learner = scorer if scorer is not None else Scorer(policy.config.model)
         self.learn = learn
         self.states: dict[str, CustomerState] = {}
+        self._due: dict[str, datetime | None] = {}
         self.counts = Counts()
         self.quality = Quality()
         self._parts = [_Partition() for _ in range(self.partitions)]
@@ -202,6 +203,7 @@ class Replay:
         state = step.state
         self.states[state.customer_id] = state
         due = next_due_at(state, self.policy)
+        self._due[state.customer_id] = due
         if due is not None:
             heapq.heappush(part.due, (due, state.customer_id))
         for alert in step.alerts:
@@ -217,9 +219,9 @@ class Replay:
     def _sweep(self, part: _Partition, until: datetime) -> None:
         while part.due and part.due[0][0] <= until:
             due, customer_id = heapq.heappop(part.due)
-            state = self.states[customer_id]
-            if next_due_at(state, self.policy) != due:
+            if self._due.get(customer_id) != due:
                 continue  # stale entry: the customer moved on since it was scheduled
+            state = self.states[customer_id]
             step = sweep_one(state, until=until, model_for=self.model_for, policy=self.policy)
             self._apply(step, part)
 
@@ -228,7 +230,7 @@ class Replay:
             return
         x = example.x
         p_model = self.learner.predict_one(x)
-        p_prior = prior_points(self.policy.rules, x).churn_probability
+        p_prior = prior_points(self.policy.rules, x, texts=False).churn_probability
         p_blend = blend(
             p_prior, p_model, n_labels=self.learner.n_labels, config=self.policy.config.model
         )

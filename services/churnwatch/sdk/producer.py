@@ -45,6 +45,7 @@ Progress = Callable[[int], None]
 
 PROGRESS_EVERY: Final = 1_000
 MAX_EXAMPLES: Final = 10
+_READ_BYTES: Final = 1 << 20
 
 
 class PublishError(ChurnwatchError):
@@ -377,10 +378,20 @@ def publish_records(
 def read_lines(path: Path) -> Iterator[bytes]:
     """
     The lines of a file as bytes, without their line ending (`\\n` or `\\r\\n`).
+
+    Reads a megabyte at a time: every read releases the GIL, and getting it back from
+    kafka-python's busy I/O thread can take a whole switch interval, so line-sized reads made
+    publishing twice as slow.
     """
+    rest = b""
     with path.open("rb") as handle:
-        for line in handle:
-            yield line.rstrip(b"\r\n")
+        while chunk := handle.read(_READ_BYTES):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line.removesuffix(b"\r")
+    if rest:
+        yield rest.removesuffix(b"\r")
 
 
 def count_lines(path: Path) -> int:
