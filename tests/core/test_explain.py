@@ -74,7 +74,10 @@ def test_small_changes_explain_the_level() -> None:
     x = {"open_urgent_tickets": 2.0, "login_trend": 0.5}
     items = explain.reasons(now, now, change=0.0, x=x)
     assert ["open_urgent_tickets", "login_trend"] == [r.factor for r in items]
-    expected = "risk 0.42 (no change): 2 urgent tickets open (+0.20), logins down 50% vs. the 30-day average (+0.05)"
+    expected = (
+        "risk 0.42 (no change): 2 urgent tickets open (+0.20), "
+        "logins down 50% vs. the 30-day average (+0.05)"
+    )
     assert expected == explain.summary(0.0, items, level=0.42)
 
 

@@ -206,8 +206,9 @@ class _Linear:
         weights = model.weights
         means, stds, ws = [], [], []
         for name in names:
-            var = scaler.vars[name] if name in scaler.vars else 0.0
-            means.append(scaler.means[name] if name in scaler.means else 0.0)
+            # .get, not [], on River's defaultdicts: reading must not add entries.
+            var = scaler.vars.get(name, 0.0)
+            means.append(scaler.means.get(name, 0.0))
             stds.append(var**0.5 if var else 0.0)
             ws.append(weights.get(name, 0.0))
         return cls(names, tuple(means), tuple(stds), tuple(ws), float(model.intercept))

@@ -75,6 +75,14 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return cuts[round(q * 100) - 1] if 0 < q < 1 else values[0]
 
 
+def _window(truth: ChurnTruth, horizon: timedelta) -> tuple[datetime, datetime] | None:
+    """When an alert on this customer is in time: None for a customer who stayed."""
+    if not truth.churned or truth.churn_at is None:
+        return None
+    lost_at = truth.churn_at if truth.cancelled else truth.churn_at + horizon
+    return truth.churn_at - horizon, lost_at
+
+
 def evaluate(
     log: AlertLog,
     truths: Mapping[str, ChurnTruth],
@@ -96,10 +104,9 @@ def evaluate(
     leads: list[float] = []
     timely_customers: set[str] = set()
     for customer_id in churners:
-        truth = truths[customer_id]
-        assert truth.churn_at is not None
-        lost_at = truth.churn_at if truth.cancelled else truth.churn_at + horizon
-        start = truth.churn_at - horizon
+        window = _window(truths[customer_id], horizon)
+        assert window is not None
+        start, lost_at = window
         times = [t for t in log.times_by_customer.get(customer_id, ()) if start <= t <= lost_at]
         if times:
             timely_customers.add(customer_id)
@@ -108,11 +115,9 @@ def evaluate(
     leads.sort()
     timely_by_rule: Counter[str] = Counter()
     for customer_id, rule, at in log.alerts:
-        truth = truths.get(customer_id)
-        if truth is None or not truth.churned or truth.churn_at is None:
-            continue
-        lost_at = truth.churn_at if truth.cancelled else truth.churn_at + horizon
-        if truth.churn_at - horizon <= at <= lost_at:
+        known = truths.get(customer_id)
+        window = None if known is None else _window(known, horizon)
+        if window is not None and window[0] <= at <= window[1]:
             timely_by_rule[rule] += 1
     return Evaluation(
         customers=len(population),

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -135,3 +135,37 @@ def parse_training(raw: bytes) -> Example | Watermark:
         raise TrainingRecordError(msg) from exc
     msg = f"training record: kind must be 'example' or 'watermark', got {kind!r}"
     raise TrainingRecordError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record, as the agents hand it to the workers."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: float | None = None
+    """The record's Kafka timestamp in seconds, when it has one."""
+    token: object = None
+    """What the agent needs to acknowledge the record (the faust event)."""
+
+
+class Sink(Protocol):
+    """Where records are produced: `send` queues one and returns its delivery to await."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timestamp: float | None = None,
+    ) -> Awaitable[object]: ...
+
+
+Ack = Callable[[Sequence[Record]], Awaitable[None]]
+"""Acknowledges records: their offsets may then be committed."""
