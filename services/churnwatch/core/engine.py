@@ -284,10 +284,15 @@ def _decide(
     anchor, next_anchor = state.anchor, state.next_anchor
     capture = next_anchor is None or scoring.at - next_anchor.at >= policy.config.anchor_every
     factors = factors_of(scoring, x, model) if fired or capture else {}
+    change = None if ref is None else round(scoring.churn_probability - ref.churn_probability, 4)
     for decision in fired:
-        before = ref.factors if ref is not None else {}
-        change = scoring.churn_probability - (ref.churn_probability if ref is not None else 0.0)
-        items = explain.reasons(factors, before, change=change, x=x, top=policy.config.top_reasons)
+        items = explain.reasons(
+            factors,
+            None if ref is None else ref.factors,
+            change=0.0 if change is None else change,
+            x=x,
+            top=policy.config.top_reasons,
+        )
         records.append(
             al.AlertRecord(
                 alert_id=al.alert_id_for(state.customer_id, decision.rule, decision.decided_at),
@@ -302,9 +307,7 @@ def _decide(
                 threshold=None if decision.threshold is None else round(decision.threshold, 2),
                 churn_probability=round(scoring.churn_probability, 4),
                 reasons=items,
-                summary=explain.summary(
-                    round(change, 4), items, level=round(scoring.churn_probability, 4)
-                ),
+                summary=explain.summary(change, items, level=round(scoring.churn_probability, 4)),
                 segment=scoring.segment,
                 event_ts=decision.decided_at,
                 emitted_at=emitted_at,

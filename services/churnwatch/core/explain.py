@@ -127,58 +127,57 @@ MIN_CHANGE: Final = 0.02
 
 def reasons(
     now: Mapping[str, float],
-    before: Mapping[str, float],
+    before: Mapping[str, float] | None,
     *,
     change: float,
     x: Mapping[str, float],
     top: int = 3,
 ) -> list[Reason]:
     """
-    The factors behind a change of churn probability, largest first.
+    The factors behind a customer's risk, largest first.
 
     Args:
         now: the factors of the current score.
-        before: the factors at the anchor (empty when there is none).
+        before: the factors at the anchor, or None when there is no anchor yet.
         change: the change of churn probability from the anchor to now.
         x: the current feature values, for the words.
         top: how many reasons to give.
 
     Returns:
-        Up to `top` reasons pushing in the direction of the change, each with its signed
-        share of `change`: the factors' deltas, scaled so that all of them together add up to
-        `change`. When the change is smaller than `MIN_CHANGE` (an event rule fired while the
-        score barely moved), the reasons are the factors that raise the risk now, each with
-        its share of the probability above the baseline.
+        When the risk rose by at least `MIN_CHANGE` since the anchor: up to `top` factors that
+        pushed it up, each with its signed share of `change` (the factors' deltas, scaled so
+        that all of them together add up to `change`). Otherwise (no anchor, or an event rule
+        fired while the risk held or fell): the factors that raise the risk now, each with its
+        share of the probability above the baseline.
     """
-    if abs(change) < MIN_CHANGE:
+    if before is None or change < MIN_CHANGE:
         shares = dict(now)
-        direction = 1.0
     else:
         deltas = {n: now.get(n, 0.0) - before.get(n, 0.0) for n in set(now) | set(before)}
         total = sum(deltas.values())
-        if abs(total) > _EPS:
+        if total > _EPS:
             shares = {name: d * change / total for name, d in deltas.items()}
         else:
             shares = dict(now)
-        direction = 1.0 if change > 0 else -1.0
-    ranked = sorted(shares.items(), key=lambda item: (-item[1] * direction, item[0]))
+    ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))
     return [
         Reason(factor=name, contribution=round(share, 4), text=describe(name, x))
         for name, share in ranked[:top]
-        if share * direction >= 0.00005
+        if share >= 0.005
     ]
 
 
-def summary(change: float, items: Iterable[Reason], *, level: float | None = None) -> str:
+def summary(change: float | None, items: Iterable[Reason], *, level: float) -> str:
     """
-    One sentence: "risk +0.18: logins down 60% vs. the 30-day average (+0.09), ...".
-
-    When the change is below `MIN_CHANGE` and `level` is given, the sentence gives the level
-    instead: "risk 0.42 (no change): 2 urgent tickets open (+0.20), ...".
+    One sentence. When the risk rose: "risk +0.18: logins down 60% vs. the 30-day average
+    (+0.09), ...". Otherwise the level: "risk 0.42 (change -0.03): 2 urgent tickets open
+    (+0.20), ..." or, with no earlier score, "risk 0.42: ...".
     """
     parts = [f"{r.text} ({r.contribution:+.2f})" for r in items]
-    if abs(change) < MIN_CHANGE and level is not None:
-        head = f"risk {level:.2f} (no change)"
-    else:
+    if change is None:
+        head = f"risk {level:.2f}"
+    elif change >= MIN_CHANGE:
         head = f"risk {change:+.2f}"
+    else:
+        head = f"risk {level:.2f} (change {change:+.2f})"
     return f"{head}: {', '.join(parts)}" if parts else head
