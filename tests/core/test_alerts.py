@@ -11,9 +11,46 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from churnwatch.core import alerts as al
 from churnwatch.core.events import TicketEvent
-from churnwatch.core.rules import default_rules
+from churnwatch.core.rules import parse_rules
 
-RULES = default_rules()
+# The tests' own rules, so that tuning the default file does not move these tables.
+RULES = parse_rules(
+    """
+version: "test"
+segments:
+  - {name: enterprise, min_ltv: 2000}
+  - {name: starter, min_ltv: 0}
+prior: {base: 80, points: []}
+onboarding: {max_tenure_days: 14, min_events: 5, base: 70, points: []}
+score_rules:
+  - name: low_engagement
+    thresholds: {enterprise: 45, starter: 35, default: 35}
+    margin: 10
+    cooldown_days: 14
+    severity: high
+decline_rules:
+  - {name: sharp_decline, drop: 25, within_days: 14, cooldown_days: 14, severity: medium}
+  - {name: deep_decline, drop: 10, within_days: 14, below: 30, cooldown_days: 14, severity: high}
+event_rules:
+  - {name: return_after_purchase, event: return, severity: low, cooldown_days: 7}
+  - name: urgent_ticket
+    event: ticket
+    where: {severity: [urgent], status: [open]}
+    severity: medium
+    cooldown_days: 7
+  - name: ticket_burst
+    event: ticket
+    where: {status: [open]}
+    count: 3
+    within_days: 14
+    severity: medium
+    cooldown_days: 14
+inactivity: {name: gone_quiet, days: 21, gap_multiple: 3.0, severity: high, cooldown_days: 30}
+routing:
+  - {when: {}, action: email}
+""",
+    source="<test_alerts>",
+)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -73,6 +110,20 @@ def test_decline_rule_needs_the_drop_within_the_window() -> None:
     assert [] == decisions
     _, decisions = al.evaluate_decline(
         {}, score=52, anchor_score=76, anchor_at=at(0), at=at(10), rules=RULES
+    )
+    assert [] == decisions
+
+
+def test_decline_rule_with_a_level_needs_the_score_below_it() -> None:
+    """
+    A fall of 12 points fires deep_decline only when it ends below 30.
+    """
+    _, decisions = al.evaluate_decline(
+        {}, score=28, anchor_score=40, anchor_at=at(0), at=at(5), rules=RULES
+    )
+    assert ["deep_decline"] == [d.rule for d in decisions]
+    _, decisions = al.evaluate_decline(
+        {}, score=50, anchor_score=62, anchor_at=at(0), at=at(5), rules=RULES
     )
     assert [] == decisions
 

@@ -1,0 +1,363 @@
+"""
+The faust side: the apps of `churnwatch worker` and `churnwatch learner`, built from settings.
+
+The worker app runs two agents in one consumer group: `ingest` over the ingest topics (one
+actor) and `scoring` over churn.events (one actor per partition, `isolated_partitions`, so a
+partition waiting for a model checkpoint does not hold up the others), plus two timers: the
+ingest merge's and the sweep's. faust's own partition assignor (kept on by
+`table_standby_replicas`) co-partitions every topic, so partition p of every ingest topic and
+of churn.events belong to the same worker.
+
+Offsets: the agents read with `noack_take`, which never acknowledges by itself; a record is
+acknowledged only when the protocol's step 7 is reached (or, at ingest, when its forward or
+dead letter is delivered), and faust commits only acknowledged offsets (the longest run
+without gaps). `stream_wait_empty` is off: a rebalance does not wait for a batch that waits
+for a checkpoint only another worker's partitions can release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import tempfile
+import uuid
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP as FaustTP
+
+from churnwatch.core.engine import Policy
+from churnwatch.metrics import Metrics
+from churnwatch.sdk.settings import KafkaSettings
+from churnwatch.store import RedisStore
+from churnwatch.stream.ingest import Ingestor
+from churnwatch.stream.learner import Learner
+from churnwatch.stream.logs import logging_config
+from churnwatch.stream.records import Record
+from churnwatch.stream.scoring import PartitionLostError, ScoringWorker
+from churnwatch.stream.settings import LearnerSettings, StreamSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+INGEST_TICK_SECONDS = 0.1
+
+
+def credentials(kafka: KafkaSettings) -> Any:
+    """faust credentials for the broker's security protocol (None for PLAINTEXT)."""
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(
+        cafile=None if kafka.ssl_cafile is None else str(kafka.ssl_cafile)
+    )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=password,
+        mechanism=kafka.sasl_mechanism,
+        ssl_context=context if protocol == "SASL_SSL" else None,
+    )
+
+
+def build_app(settings: StreamSettings, group_id: str) -> faust.App:
+    """A faust app (one consumer group) with the settings' broker, timeouts and logging."""
+    kafka = settings.kafka
+    data_dir = settings.data_dir or Path(tempfile.mkdtemp(prefix="churnwatch-faust-"))
+    return faust.App(
+        group_id,
+        broker="kafka://" + ";".join(kafka.bootstrap_servers()),
+        broker_credentials=credentials(kafka),
+        broker_client_id=kafka.client_id,
+        autodiscover=False,
+        datadir=str(data_dir),
+        store="memory://",
+        web_enabled=False,
+        # Topics are created by `ensure_topics` with the settings' partition count.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=kafka.partitions,
+        # Keeps faust's co-partitioning assignor (faust picks round-robin without it).
+        table_standby_replicas=1,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_request_timeout=settings.request_timeout,
+        broker_commit_interval=settings.broker_commit_interval,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        producer_acks=-1,
+        producer_request_timeout=settings.request_timeout,
+        key_serializer="raw",
+        value_serializer="raw",
+        logging_config=logging_config(settings.log_level, settings.log_format),
+    )
+
+
+def raw_topic(app: faust.App, *names: str) -> Any:
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def to_record(event: Any) -> Record:
+    message = event.message
+    value = message.value
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=value if value is not None else b"",
+        timestamp=message.timestamp,
+        token=event,
+    )
+
+
+class FaustSink:
+    """Produces through the app's producer (acks=all); `send` returns the delivery."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timestamp: float | None = None,
+    ) -> Awaitable[object]:
+        delivery: Awaitable[object] = await self.app.producer.send(
+            topic, key, value, partition, timestamp, list(headers) or None
+        )
+        return delivery
+
+
+def _acker(stream: Any) -> Any:
+    async def ack(records: Sequence[Record]) -> None:
+        for record in records:
+            await stream.ack(record.token)
+
+    return ack
+
+
+class WorkerRuntime:
+    """What the worker app's agents and timers share; connects on first use (in faust's loop)."""
+
+    def __init__(self, settings: WorkerSettings, policy: Policy, metrics: Metrics) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.metrics = metrics
+        self.topics = settings.kafka.topics()
+        self.app = build_app(settings, settings.group_id)
+        self.store = RedisStore(settings.redis)
+        sink = FaustSink(self.app)
+        self.scoring = ScoringWorker(
+            settings,
+            policy,
+            store=self.store,
+            sink=sink,
+            metrics=metrics,
+            topics=self.topics,
+            owned=self._owns_events_partition,
+            highwater=lambda p: self._highwater(self.topics.events, p),
+        )
+        self.ingestor = Ingestor(
+            settings,
+            sink=sink,
+            metrics=metrics,
+            topics=self.topics,
+            assigned=self._assigned,
+            highwater=self._highwater,
+        )
+        self.ingest_ack: Any = None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.store.start()
+            # Seed the ingest's time bound with what the scorers have seen.
+            tops = []
+            for partition in range(self.settings.partitions_count):
+                meta = await self.store.load_partition(partition)
+                if meta.high_water is not None:
+                    tops.append(meta.high_water)
+            self.ingestor.top = max(tops, default=None)
+            self._started = True
+            log.info(
+                "worker.started",
+                extra={
+                    "group_id": self.settings.group_id,
+                    "kafka": self.settings.kafka.describe(),
+                    "redis": self.settings.redis.address,
+                    "redis_prefix": self.settings.redis.prefix,
+                    "waitaof": self.store.waitaof,
+                },
+            )
+
+    def _assigned(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+
+    def _owns_events_partition(self, partition: int) -> bool:
+        return (self.topics.events, partition) in self._assigned()
+
+    def _highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            value = self.app.consumer.highwater(FaustTP(topic, partition))
+        except (AssertionError, KeyError, AttributeError):
+            return None
+        return None if value is None else int(value)
+
+    def owned_events_partitions(self) -> list[int]:
+        return sorted(p for t, p in self._assigned() if t == self.topics.events)
+
+    async def crash(self, exc: BaseException, what: str) -> None:
+        log.exception("worker.crashed", extra={"during": what, "error": repr(exc)})
+        await self.app.crash(exc)
+
+
+def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> WorkerRuntime:
+    """The worker app with its agents and timers."""
+    rt = WorkerRuntime(settings, policy, metrics)
+    app = rt.app
+    ingest_topic = raw_topic(app, *rt.topics.ingest_topics())
+    events_topic = raw_topic(app, rt.topics.events)
+    take = settings.batch_max_records
+    within = settings.batch_within_seconds
+
+    @app.agent(ingest_topic, name="churnwatch.ingest")
+    async def ingest(stream: Any) -> None:
+        await rt.start()
+        ack = rt.ingest_ack = _acker(stream)
+        async for events in stream.noack_take(take, within=within):
+            try:
+                await rt.ingestor.handle([to_record(e) for e in events], ack)
+            except Exception as exc:
+                await rt.crash(exc, "ingest")
+                raise
+
+    @app.agent(events_topic, name="churnwatch.scoring", isolated_partitions=True)
+    async def scoring(stream: Any) -> None:
+        await rt.start()
+        ack = _acker(stream)
+        async for events in stream.noack_take(take, within=within):
+            records = [to_record(e) for e in events]
+            by_partition: dict[int, list[Record]] = {}
+            for record in records:
+                by_partition.setdefault(record.partition, []).append(record)
+            try:
+                for partition, batch in by_partition.items():
+                    await rt.scoring.handle_batch(partition, batch, ack)
+            except PartitionLostError as exc:
+                log.info("batch.abandoned", extra={"reason": str(exc)})
+            except Exception as exc:
+                await rt.crash(exc, "scoring")
+                raise
+
+    @app.timer(INGEST_TICK_SECONDS)
+    async def ingest_tick() -> None:
+        if rt.ingest_ack is None:
+            return
+        try:
+            await rt.ingestor.tick(rt.ingest_ack)
+        except Exception as exc:
+            await rt.crash(exc, "ingest tick")
+            raise
+
+    @app.timer(settings.sweep_interval_seconds)
+    async def sweep_tick() -> None:
+        if not rt._started:
+            return
+        try:
+            await rt.scoring.tick(rt.owned_events_partitions())
+        except Exception as exc:
+            await rt.crash(exc, "sweep")
+            raise
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        rt.scoring.on_assigned()
+        log.info(
+            "partitions.assigned",
+            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
+        )
+
+    return rt
+
+
+class LearnerRuntime:
+    """The learner app: one agent over churn.training."""
+
+    def __init__(self, settings: LearnerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = settings.kafka.topics()
+        # A fresh group every start: the learner rebuilds from the beginning of the topic.
+        self.group_id = f"{settings.group_id}-{uuid.uuid4().hex[:12]}"
+        self.app = build_app(settings, self.group_id)
+        self.store = RedisStore(settings.redis)
+        self.learner = Learner(
+            settings, store=self.store, metrics=metrics, topic=self.topics.training
+        )
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.store.start()
+            await self.learner.restore()
+            self._started = True
+            log.info(
+                "learner.started",
+                extra={
+                    "group_id": self.group_id,
+                    "kafka": self.settings.kafka.describe(),
+                    "redis": self.settings.redis.address,
+                    "redis_prefix": self.settings.redis.prefix,
+                },
+            )
+
+
+def build_learner(settings: LearnerSettings, metrics: Metrics) -> LearnerRuntime:
+    rt = LearnerRuntime(settings, metrics)
+    topic = raw_topic(rt.app, rt.topics.training)
+
+    @rt.app.agent(topic, name="churnwatch.learner")
+    async def learn(stream: Any) -> None:
+        await rt.start()
+        async for events in stream.take_events(
+            settings.batch_max_records, within=settings.batch_within_seconds
+        ):
+            try:
+                await rt.learner.handle([to_record(e) for e in events])
+            except Exception as exc:
+                log.exception("learner.crashed", extra={"error": repr(exc)})
+                await rt.app.crash(exc)
+                raise
+
+    return rt
+
+
+def run(app: faust.App, settings: StreamSettings) -> None:
+    """Run the app until SIGTERM or SIGINT (or a crash); exits the process."""
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+    )
+    worker.execute_from_commandline()

@@ -1,0 +1,239 @@
+"""
+The ingest worker: validates the records of the ingest topics and forwards the valid ones,
+byte for byte and with the same key, to churn.events; invalid ones go to the dead-letter topic.
+
+A customer's events arrive on several ingest topics (one per type), and faust delivers the
+topics' records in no particular order relative to each other. Forwarding them as they come
+would reorder a customer's events by up to the whole backlog of one topic (and the scorer
+would reject them as too late). So the ingest worker merges, like Kafka Streams' timestamp
+synchronisation: per partition number, it buffers each ingest topic's valid records and
+forwards the one with the smallest event time while every topic of that partition either has
+a record buffered or has nothing more to deliver (it has caught up with its high watermark).
+A topic that has delivered nothing since the assignment is waited for at most
+`ingest_idle_seconds`, and so is any record: a silent topic delays, never stops, the others.
+
+Records are acknowledged (their offsets may be committed) only after their forward or dead
+letter is delivered. After a crash the uncommitted records are forwarded again; the scorer
+skips them by `event_id` (or, past the lateness, dead-letters them `too_late`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from churnwatch.core.errors import BadEventError
+from churnwatch.core.events import Event, parse_event
+from churnwatch.core.partitioning import partition_of
+from churnwatch.metrics import Metrics
+from churnwatch.sdk.settings import TopicNames
+from churnwatch.stream.records import Ack, Record, Sink, dead_letter
+from churnwatch.stream.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Source:
+    """One assigned ingest topic partition."""
+
+    rank: int
+    """Ties in event time go to the topic listed first in the settings."""
+    assigned_at: float
+    pending: deque[tuple[Event, Record, float]] = field(default_factory=deque)
+    next_offset: int | None = None
+    """One past the last offset received since the assignment."""
+
+
+class Ingestor:
+    """
+    Validation, dead-lettering and the time-ordered merge of the ingest topics.
+
+    `handle` takes a batch of records from the faust agent; `tick` (a timer) forwards what
+    became ready without new records. Both acknowledge what they finished through `ack`.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        sink: Sink,
+        metrics: Metrics,
+        topics: TopicNames,
+        assigned: Callable[[], set[TP]],
+        highwater: Callable[[str, int], int | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.metrics = metrics
+        self.topics = topics
+        self._assigned = assigned
+        self._highwater = highwater
+        self._clock = clock
+        self._ranks = {name: i for i, name in enumerate(topics.ingest_topics())}
+        self._sources: dict[TP, _Source] = {}
+        self._lock = asyncio.Lock()
+        self._max_future = timedelta(seconds=settings.max_future_seconds)
+        self.top: datetime | None = None
+        """The largest event time forwarded; events past it plus `max_future` are rejected."""
+        for name in self._ranks:
+            metrics.prime_topic(name)
+
+    async def handle(self, records: Sequence[Record], ack: Ack) -> None:
+        """Take a batch of ingest records; forward what is ready."""
+        async with self._lock:
+            self._sync_assignment()
+            dead: list[tuple[Record, BadEventError]] = []
+            for record in records:
+                self._add(record, dead)
+            if dead:
+                await self._dead_letter(dead, ack)
+            await self._forward_ready(ack)
+
+    async def tick(self, ack: Ack) -> None:
+        """Forward what became ready while no record arrived."""
+        async with self._lock:
+            self._sync_assignment()
+            await self._forward_ready(ack)
+
+    def _sync_assignment(self) -> None:
+        assigned = {tp for tp in self._assigned() if tp[0] in self._ranks}
+        now = self._clock()
+        for tp in list(self._sources):
+            if tp not in assigned:
+                # Revoked: its buffered records belong to the new owner now (never acked here).
+                del self._sources[tp]
+        for tp in assigned:
+            if tp not in self._sources:
+                self._sources[tp] = _Source(self._ranks[tp[0]], now)
+
+    def _add(self, record: Record, dead: list[tuple[Record, BadEventError]]) -> None:
+        tp = (record.topic, record.partition)
+        source = self._sources.get(tp)
+        if source is None:
+            return  # not ours (any more): never acknowledged here
+        self.metrics.records_consumed.labels(record.topic).inc()
+        if source.next_offset is not None and record.offset < source.next_offset:
+            # Delivered again after a rebalance: already buffered or forwarded.
+            self.metrics.records_duplicates.labels(record.topic).inc()
+            return
+        source.next_offset = record.offset + 1
+        not_after = None if self.top is None else self.top + self._max_future
+        try:
+            event = parse_event(
+                record.value, max_bytes=self.settings.max_event_bytes, not_after=not_after
+            )
+        except BadEventError as error:
+            dead.append((record, error))
+            return
+        source.pending.append((event, record, self._clock()))
+
+    async def _dead_letter(self, dead: list[tuple[Record, BadEventError]], ack: Ack) -> None:
+        deliveries = []
+        for record, error in dead:
+            value = dead_letter(
+                reason=error.reason,
+                message=error.message,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                original=record.value,
+                stage="ingest",
+                max_original_bytes=self.settings.deadletter_max_original_bytes,
+            )
+            deliveries.append(
+                await self.sink.send(
+                    self.topics.deadletter,
+                    record.key,
+                    value,
+                    partition=record.partition,
+                    headers=(("reason", error.reason.encode()),),
+                )
+            )
+            self.metrics.records_dead_lettered.labels(record.topic, error.reason).inc()
+            log.warning(
+                "event.dead_lettered",
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "reason": error.reason,
+                    "stage": "ingest",
+                    "detail": error.message,
+                },
+            )
+        await asyncio.gather(*deliveries)
+        await ack([record for record, _ in dead])
+
+    def _caught_up(self, tp: TP, source: _Source, now: float) -> bool:
+        """Whether the source has nothing more to deliver for now."""
+        if source.next_offset is None:
+            # Nothing delivered since the assignment: empty, or quiet; wait a little.
+            highwater = self._highwater(*tp)
+            if highwater == 0:
+                return True
+            return now - source.assigned_at >= self.settings.ingest_idle_seconds
+        highwater = self._highwater(*tp)
+        return highwater is not None and source.next_offset >= highwater
+
+    def _ready(self) -> list[tuple[Event, Record]]:
+        """Pop, per partition number, every record that may be forwarded now, in order."""
+        now = self._clock()
+        idle = self.settings.ingest_idle_seconds
+        groups: dict[int, list[tuple[TP, _Source]]] = {}
+        for tp, source in self._sources.items():
+            groups.setdefault(tp[1], []).append((tp, source))
+        out: list[tuple[Event, Record]] = []
+        for members in groups.values():
+            waiting = [
+                source
+                for tp, source in members
+                if not source.pending and not self._caught_up(tp, source, now)
+            ]
+            while True:
+                heads = [s for _, s in members if s.pending]
+                if not heads:
+                    break
+                first = min(heads, key=lambda s: (s.pending[0][0].ts, s.rank))
+                oldest = min(s.pending[0][2] for s in heads)
+                if waiting and now - oldest < idle:
+                    break
+                event, record, _arrived = first.pending.popleft()
+                out.append((event, record))
+                if not first.pending and not self._caught_up(
+                    (record.topic, record.partition), first, now
+                ):
+                    waiting.append(first)
+        return out
+
+    async def _forward_ready(self, ack: Ack) -> None:
+        ready = self._ready()
+        if not ready:
+            return
+        partitions = self.settings.partitions_count
+        deliveries = []
+        for event, record in ready:
+            key = record.key if record.key is not None else event.customer_id.encode()
+            deliveries.append(
+                await self.sink.send(
+                    self.topics.events,
+                    key,
+                    record.value,
+                    partition=partition_of(event.customer_id, partitions),
+                    timestamp=record.timestamp,
+                )
+            )
+            if self.top is None or event.ts > self.top:
+                self.top = event.ts
+        await asyncio.gather(*deliveries)
+        for _event, record in ready:
+            self.metrics.records_processed.labels(record.topic).inc()
+        await ack([record for _event, record in ready])
