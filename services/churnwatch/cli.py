@@ -10,11 +10,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from churnwatch.core.engine import Policy
 from churnwatch.core.errors import ConfigError
 from churnwatch.settings import CoreSettings
 
 
-def _policy(settings: CoreSettings):  # type: ignore[no-untyped-def]
+def _policy(settings: CoreSettings) -> Policy:
     try:
         return settings.to_policy()
     except ConfigError as exc:
@@ -107,8 +108,13 @@ def demo(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Directory for events.jsonl and labels.csv.",
+)
+@click.option(
+    "--to-kafka",
+    is_flag=True,
+    help="Publish the records to their ingest topics (CHURNWATCH_KAFKA_*) instead.",
 )
 @click.option("--malformed-rate", default=0.0, show_default=True)
 @click.option("--duplicate-rate", default=0.0, show_default=True)
@@ -122,17 +128,21 @@ def simulate(
     customers: int,
     days: int,
     seed: int,
-    out_dir: Path,
+    out_dir: Path | None,
+    to_kafka: bool,
     malformed_rate: float,
     duplicate_rate: float,
     disorder_minutes: float,
 ) -> None:
-    """Write a simulated history (events.jsonl) and its ground truth (labels.csv)."""
+    """Write a simulated history (events.jsonl, labels.csv), or publish it with --to-kafka."""
     from datetime import timedelta
 
     from churnwatch.console import progress_counter
-    from churnwatch.sim.simulator import SimConfig, write_simulation
+    from churnwatch.sim.simulator import SimConfig, Simulation, write_simulation
 
+    if (out_dir is None) == (not to_kafka):
+        msg = "give exactly one of --out DIR or --to-kafka"
+        raise click.UsageError(msg)
     config = SimConfig(
         customers=customers,
         days=days,
@@ -141,9 +151,28 @@ def simulate(
         duplicate_rate=duplicate_rate,
         disorder=timedelta(minutes=disorder_minutes),
     )
-    with progress_counter(Console(stderr=True), "simulating") as update:
-        summary = write_simulation(config, out_dir, progress=update)
-    click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}: {summary}")
+    if out_dir is not None:
+        with progress_counter(Console(stderr=True), "simulating") as update:
+            summary = write_simulation(config, out_dir, progress=update)
+        click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}: {summary}")
+        return
+    from churnwatch.core.errors import ChurnwatchError
+    from churnwatch.sdk.commands import kafka_settings, summary_lines
+    from churnwatch.sdk.producer import EventProducer, publish_records
+
+    settings = CoreSettings()
+    try:
+        with (
+            EventProducer(kafka_settings(), max_event_bytes=settings.max_event_bytes) as producer,
+            progress_counter(Console(stderr=True), "publishing") as update,
+        ):
+            result = publish_records(Simulation(config).records(), producer, update)
+    except ChurnwatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary_lines(result):
+        click.echo(line)
+    if result.sent == 0:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -290,6 +319,31 @@ def schemas_check(directory: Path) -> None:
         sys.exit(1)
     click.echo(f"{directory}: in sync")
 
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("action", type=click.Choice(["up", "down", "status", "env"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def stack(action: str, args: tuple[str, ...]) -> None:
+    """Start, stop or inspect the local services on loopback (deploy/local/stack.sh)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.sh"
+    if not script.exists():
+        msg = f"{script} not found: `churnwatch stack` runs from a checkout of churnwatch"
+        raise click.ClickException(msg)
+    done = subprocess.run(["bash", str(script), action, *args], check=False)  # noqa: S603, S607
+    sys.exit(done.returncode)
+
+
+def _register() -> None:
+    from churnwatch.sdk.commands import register as register_sdk
+    from churnwatch.stream.commands import register as register_stream
+
+    register_sdk(main)
+    register_stream(main)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

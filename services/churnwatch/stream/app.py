@@ -24,7 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP as FaustTP
@@ -265,7 +265,6 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
                 await rt.crash(exc, "scoring")
                 raise
 
-    @app.timer(INGEST_TICK_SECONDS)
     async def ingest_tick() -> None:
         if rt.ingest_ack is None:
             return
@@ -275,7 +274,6 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
             await rt.crash(exc, "ingest tick")
             raise
 
-    @app.timer(settings.sweep_interval_seconds)
     async def sweep_tick() -> None:
         if not rt._started:
             return
@@ -285,14 +283,18 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
             await rt.crash(exc, "sweep")
             raise
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         rt.scoring.on_assigned()
+        assigned = args[0] if args else kwargs.get("assigned", ())
         log.info(
             "partitions.assigned",
             extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
         )
 
+    # Registered by call, not as decorators: faust's decorators are untyped.
+    app.timer(INGEST_TICK_SECONDS)(ingest_tick)
+    app.timer(settings.sweep_interval_seconds)(sweep_tick)
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
     return rt
 
 

@@ -73,7 +73,5 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         # faust and aiokafka are chatty at INFO about every rebalance step.
-        "loggers": {
-            name: {"level": "WARNING"} for name in ("faust", "aiokafka", "mode", "kafka")
-        },
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "aiokafka", "mode", "kafka")},
     }

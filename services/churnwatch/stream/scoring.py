@@ -33,7 +33,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -72,7 +72,7 @@ _DUE_LIMIT: Final = 1_000_000
 _RESOLVED_KEPT: Final = 64
 
 
-class NeedModel(Exception):  # noqa: N818 (control flow inside the worker, not an error)
+class NeedModel(Exception):
     """Raised by `model_for` when the checkpoint for an epoch has not been looked up yet."""
 
     def __init__(self, epoch: int) -> None:
@@ -261,9 +261,7 @@ class ScoringWorker:
 
     async def _produce(self, partition: int, entries: Sequence[OutboxEntry]) -> None:
         deliveries = [
-            await self.sink.send(
-                e.topic, e.key, e.value, partition=partition, headers=e.headers
-            )
+            await self.sink.send(e.topic, e.key, e.value, partition=partition, headers=e.headers)
             for e in entries
         ]
         await asyncio.gather(*deliveries)
@@ -316,9 +314,7 @@ class ScoringWorker:
                 self.metrics.consumer_lag.labels(self.topics.events, str(partition)).set(lag)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _decode(
-        self, run: _Run, records: Sequence[Record]
-    ) -> list[Event | BadEventError | None]:
+    def _decode(self, run: _Run, records: Sequence[Record]) -> list[Event | BadEventError | None]:
         """Each record's event, its decoding error, or None when handled before."""
         topic = self.topics.events
         out: list[Event | BadEventError | None] = []
@@ -329,9 +325,7 @@ class ScoringWorker:
                 continue
             try:
                 # Validated at ingest (with the time bound); here only the bytes are checked.
-                out.append(
-                    parse_event(record.value, max_bytes=self.policy.config.max_event_bytes)
-                )
+                out.append(parse_event(record.value, max_bytes=self.policy.config.max_event_bytes))
             except BadEventError as error:
                 out.append(error)
         return out
@@ -459,9 +453,7 @@ class ScoringWorker:
             self._take(run, step, None, None)
         run.swept_to = until
 
-    def _sweeper(
-        self, state: CustomerState, until: datetime
-    ) -> Callable[[int | None], StepResult]:
+    def _sweeper(self, state: CustomerState, until: datetime) -> Callable[[int | None], StepResult]:
         def compute(cap: int | None) -> StepResult:
             return sweep_one(
                 state,
@@ -517,9 +509,7 @@ class ScoringWorker:
         )
         entry_id = f"dl|{record.topic}|{record.partition}|{record.offset}"
         headers = (("reason", error.reason.encode()),)
-        run.outbox.append(
-            OutboxEntry(entry_id, self.topics.deadletter, record.key, value, headers)
-        )
+        run.outbox.append(OutboxEntry(entry_id, self.topics.deadletter, record.key, value, headers))
         log.warning(
             "event.dead_lettered",
             extra={
@@ -601,4 +591,3 @@ class ScoringWorker:
                 stale = time.monotonic() - part.published_at >= self.settings.sweep_interval_seconds
                 if stale or part.published != meta.watermark:
                     await self._publish_watermark(part, partition, meta.watermark)
-
