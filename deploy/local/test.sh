@@ -30,7 +30,9 @@ stop_stack() {
     fi
 }
 trap stop_stack EXIT
-eval "$(bash deploy/local/stack.sh up)"
+# Assigned first: a failing `up` stops the run here (inside eval "$(...)" it would not).
+exports="$(bash deploy/local/stack.sh up)"
+eval "${exports}"
 
 echo "test: pytest" >&2
 "${VENV}/bin/pytest" -q "$@"
