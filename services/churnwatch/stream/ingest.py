@@ -126,11 +126,10 @@ class Ingestor:
             self.metrics.records_duplicates.labels(record.topic).inc()
             return
         source.next_offset = record.offset + 1
-        not_after = None if self.top is None else self.top + self._max_future
         try:
-            event = parse_event(
-                record.value, max_bytes=self.settings.max_event_bytes, not_after=not_after
-            )
+            # The time bound is checked when the record's turn comes in the merge (`_ready`):
+            # a backlog arrives far ahead of the largest event time forwarded so far.
+            event = parse_event(record.value, max_bytes=self.settings.max_event_bytes)
         except BadEventError as error:
             dead.append((record, error))
             return
@@ -184,8 +183,13 @@ class Ingestor:
         highwater = self._highwater(*tp)
         return highwater is not None and source.next_offset >= highwater
 
-    def _ready(self) -> list[tuple[Event, Record]]:
-        """Pop, per partition number, every record that may be forwarded now, in order."""
+    def _ready(
+        self, dead: list[tuple[Record, BadEventError]]
+    ) -> list[tuple[Event, Record]]:
+        """
+        Pop, per partition number, every record that may be forwarded now, in order; those
+        later than the largest event time forwarded plus `max_future` go to `dead`.
+        """
         now = self._clock()
         idle = self.settings.ingest_idle_seconds
         groups: dict[int, list[tuple[TP, _Source]]] = {}
@@ -207,15 +211,29 @@ class Ingestor:
                 if waiting and now - oldest < idle:
                     break
                 event, record, _arrived = first.pending.popleft()
-                out.append((event, record))
+                if self.top is not None and event.ts > self.top + self._max_future:
+                    dead.append((record, self._future(event)))
+                else:
+                    if self.top is None or event.ts > self.top:
+                        self.top = event.ts
+                    out.append((event, record))
                 if not first.pending and not self._caught_up(
                     (record.topic, record.partition), first, now
                 ):
                     waiting.append(first)
         return out
 
+    def _future(self, event: Event) -> BadEventError:
+        assert self.top is not None
+        bound = self.top + self._max_future
+        msg = f"ts: {event.ts.isoformat()} is later than the allowed {bound.isoformat()}"
+        return BadEventError(msg, reason="future_timestamp", field="ts")
+
     async def _forward_ready(self, ack: Ack) -> None:
-        ready = self._ready()
+        dead: list[tuple[Record, BadEventError]] = []
+        ready = self._ready(dead)
+        if dead:
+            await self._dead_letter(dead, ack)
         if not ready:
             return
         partitions = self.settings.partitions_count
@@ -231,8 +249,6 @@ class Ingestor:
                     timestamp=record.timestamp,
                 )
             )
-            if self.top is None or event.ts > self.top:
-                self.top = event.ts
         await asyncio.gather(*deliveries)
         for _event, record in ready:
             self.metrics.records_processed.labels(record.topic).inc()
