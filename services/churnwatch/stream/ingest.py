@@ -183,9 +183,7 @@ class Ingestor:
         highwater = self._highwater(*tp)
         return highwater is not None and source.next_offset >= highwater
 
-    def _ready(
-        self, dead: list[tuple[Record, BadEventError]]
-    ) -> list[tuple[Event, Record]]:
+    def _ready(self, dead: list[tuple[Record, BadEventError]]) -> list[tuple[Event, Record]]:
         """
         Pop, per partition number, every record that may be forwarded now, in order; those
         later than the largest event time forwarded plus `max_future` go to `dead`.

@@ -100,6 +100,10 @@ class Learner:
                 self.metrics.records_duplicates.labels(self.topic).inc()
 
     async def _advance(self, mark: Watermark) -> None:
+        log.debug(
+            "learner.watermark",
+            extra={"partition": mark.partition, "watermark": mark.watermark.isoformat()},
+        )
         released = self.curriculum.advance(mark.partition, mark.watermark)
         if self.written is None and not released:
             low = self.curriculum.low_watermark()

@@ -33,7 +33,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -47,7 +47,7 @@ from churnwatch.core.engine import (
     process_event,
     sweep_one,
 )
-from churnwatch.core.errors import BadEventError, ChurnwatchError
+from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import Event, parse_event
 from churnwatch.core.labels import Example
 from churnwatch.core.learning import epoch_of, scoring_epoch
@@ -78,10 +78,6 @@ class NeedModel(Exception):
     def __init__(self, epoch: int) -> None:
         super().__init__(epoch)
         self.epoch = epoch
-
-
-class PartitionLostError(ChurnwatchError):
-    """The partition was revoked while the batch waited; the batch is abandoned, unacked."""
 
 
 class Checkpoints:
@@ -165,6 +161,8 @@ class _Partition:
     published: datetime | None = None
     published_at: float = 0.0
     """The last watermark record sent, and when (monotonic)."""
+    gap_seek: tuple[int, float] | None = None
+    """The offset we sought back to after a gap in the records, and when (monotonic)."""
 
 
 @dataclass(slots=True)
@@ -212,8 +210,8 @@ class ScoringWorker:
         sink: Sink,
         metrics: Metrics,
         topics: TopicNames,
-        owned: Callable[[int], bool] = lambda _p: True,
         highwater: Callable[[int], int | None] = lambda _p: None,
+        seek: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -222,8 +220,8 @@ class ScoringWorker:
         self.metrics = metrics
         self.topics = topics
         self.checkpoints = Checkpoints(store, settings, metrics)
-        self._owned = owned
         self._highwater = highwater
+        self._seek = seek
         self._parts: dict[int, _Partition] = {}
         self.assignments = 0
         """Counts partition assignments; a partition's outbox is recovered once per count."""
@@ -291,8 +289,6 @@ class ScoringWorker:
         Apply one batch of one partition of churn.events (in offset order), then `ack` it.
 
         Raises:
-            PartitionLostError: the partition was revoked while waiting for a model; nothing
-                after the last written chunk was acknowledged.
             StoreUnavailableError: Redis failed; the caller lets the worker crash.
         """
         if not records:
@@ -302,6 +298,8 @@ class ScoringWorker:
         async with part.lock:
             await self._ensure_recovered(partition, part)
             meta = await self.store.load_partition(partition)
+            if await self._gap(partition, part, meta, records[0]):
+                return
             run = self._run(partition, meta, ack)
             parsed = self._decode(run, records)
             await self._load(run, parsed)
@@ -313,6 +311,39 @@ class ScoringWorker:
                 lag = max(0, highwater - (records[-1].offset + 1))
                 self.metrics.consumer_lag.labels(self.topics.events, str(partition)).set(lag)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _gap(
+        self, partition: int, part: _Partition, meta: PartitionMeta, first: Record
+    ) -> bool:
+        """
+        Whether the batch starts after a gap (records after the last one handled, with some
+        in between never handled): then seek back to the first missing offset and drop the
+        batch, unacknowledged. Applying it would skip events for good: the missing ones would
+        later count as handled (`last_offset`). A gap that persists (the records are gone
+        from the log) is logged and accepted after `model_wait_seconds` plus ten seconds.
+        """
+        if meta.last_offset is None or first.offset <= meta.last_offset + 1:
+            part.gap_seek = None
+            return False
+        target = meta.last_offset + 1
+        now = time.monotonic()
+        context = {
+            "topic": first.topic,
+            "partition": partition,
+            "offset": first.offset,
+            "expected_offset": target,
+        }
+        if part.gap_seek is None or part.gap_seek[0] != target:
+            part.gap_seek = (target, now)
+            log.warning("batch.gap", extra=context)
+            if self._seek is not None:
+                await self._seek(partition, target)
+            return True
+        if now - part.gap_seek[1] < self.settings.model_wait_seconds + 10.0:
+            return True  # records delivered before the seek took effect
+        log.error("batch.gap_accepted", extra=context)
+        part.gap_seek = None
+        return False
 
     def _decode(self, run: _Run, records: Sequence[Record]) -> list[Event | BadEventError | None]:
         """Each record's event, its decoding error, or None when handled before."""
@@ -429,10 +460,8 @@ class ScoringWorker:
             await self._publish_watermark(part, run.partition, run.swept_to)
         deadline = time.monotonic() + self.settings.model_wait_seconds
         while time.monotonic() < deadline:
+            # A revoked partition's actor is cancelled by faust here; a kept one waits on.
             await asyncio.sleep(self.settings.model_poll_seconds)
-            if not self._owned(run.partition):
-                msg = f"partition {run.partition} of {self.topics.events} was revoked"
-                raise PartitionLostError(msg)
             await checkpoints.refresh()
             if checkpoints.final(epoch):
                 await checkpoints.resolve(epoch)
@@ -525,19 +554,37 @@ class ScoringWorker:
     async def _flush(self, run: _Run, part: _Partition) -> None:
         """Steps 4 to 7 for the chunk so far: write, produce, clear the outbox, acknowledge."""
         if run.dirty or run.outbox or run.records:
+            started = time.perf_counter()
             states = [(run.states[cid], offset) for cid, offset in run.dirty.items()]
             due = {cid: next_due_at(run.states[cid], self.policy) for cid in run.dirty}
             meta = PartitionMeta(run.high_water, run.swept_to, run.last_offset)
             await self.store.write_batch(
                 BatchWrite(run.partition, meta, states, list(run.outbox), due)
             )
+            written = time.perf_counter()
             if run.outbox:
                 await self._produce(run.partition, run.outbox)
                 self._published_alerts(run)
+            produced = time.perf_counter()
             if run.swept_to is not None and run.swept_to != part.published:
                 await self._publish_watermark(part, run.partition, run.swept_to)
             if run.outbox:
                 await self.store.clear_outbox(run.partition, [e.entry_id for e in run.outbox])
+            log.debug(
+                "chunk.flushed",
+                extra={
+                    "topic": self.topics.events,
+                    "partition": run.partition,
+                    "last_offset": run.last_offset,
+                    "records": len(run.records),
+                    "states": len(run.dirty),
+                    "outbox": len(run.outbox),
+                    "watermark": None if run.swept_to is None else run.swept_to.isoformat(),
+                    "write_s": round(written - started, 4),
+                    "produce_s": round(produced - written, 4),
+                    "total_s": round(time.perf_counter() - started, 4),
+                },
+            )
             run.dirty = {}
             run.outbox = []
             run.alerts = []

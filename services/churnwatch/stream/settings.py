@@ -51,6 +51,12 @@ class StreamSettings(CoreSettings):
     batch_within_seconds: float = Field(
         default=0.2, gt=0, description="A batch is handled after this long even if not full."
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        description="How long a fetch may wait at the broker for records; the latency of "
+        "every hop when a topic is quiet.",
+    )
     stream_buffer_maxsize: int = Field(
         default=4096, ge=1, description="Records faust buffers per stream before it pauses."
     )
