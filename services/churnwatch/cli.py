@@ -5,6 +5,7 @@ The `churnwatch` command: wires settings, the core and the adapters together.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -28,10 +29,21 @@ def main() -> None:
     """churnwatch: who is slipping, why, and early enough to act."""
 
 
+def _population(command: Callable[..., None]) -> Callable[..., None]:
+    """The simulated population's options, shared by `demo` and `simulate`."""
+    for option in reversed(
+        (
+            click.option("--customers", default=20_000, show_default=True, help="Customers."),
+            click.option("--days", default=180, show_default=True, help="Simulated days."),
+            click.option("--seed", default=7, show_default=True, help="Same seed, same output."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--customers", default=20_000, show_default=True, help="Simulated customers.")
-@click.option("--days", default=180, show_default=True, help="Simulated days.")
-@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same output).")
+@_population
 @click.option(
     "--rules",
     "rules_file",
@@ -101,9 +113,7 @@ def demo(
 
 
 @main.command()
-@click.option("--customers", default=20_000, show_default=True)
-@click.option("--days", default=180, show_default=True)
-@click.option("--seed", default=7, show_default=True)
+@_population
 @click.option(
     "--out",
     "out_dir",

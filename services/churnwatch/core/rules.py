@@ -40,38 +40,9 @@ from pydantic_core import PydanticCustomError
 from churnwatch.core.errors import ConfigError
 from churnwatch.core.events import Severity as TicketSeverity
 from churnwatch.core.events import TicketStatus
+from churnwatch.core.features import FEATURE_NAMES
 
-KNOWN_FEATURES: Final[tuple[str, ...]] = (
-    "days_since_event",
-    "days_since_login",
-    "days_since_purchase",
-    "days_since_ticket",
-    "days_since_return",
-    "login_rate_short",
-    "login_rate_long",
-    "login_trend",
-    "purchase_rate_short",
-    "purchase_rate_long",
-    "purchase_trend",
-    "spend_rate_long",
-    "ticket_load",
-    "return_rate",
-    "return_ratio",
-    "open_tickets",
-    "open_urgent_tickets",
-    "oldest_open_ticket_days",
-    "csat_avg",
-    "csat_low",
-    "has_csat",
-    "tenure_days",
-    "event_count",
-    "purchase_count",
-    "ltv",
-    "log_ltv",
-    "avg_purchase_gap_days",
-    "purchase_gap_ratio",
-    "repeat_buyer",
-)
+KNOWN_FEATURES: Final[tuple[str, ...]] = FEATURE_NAMES
 """The feature names a point rule may test (the names core/features.py computes)."""
 
 LABEL_PLACEHOLDERS: Final[tuple[str, ...]] = ("value", "pct", "pct_down", "pct_up", "threshold")
