@@ -36,7 +36,7 @@ DEFAULT_METRICS_PORTS: Final[dict[ProcessType, int]] = {
 }
 WORKER_PORT_STEP: Final = 10
 
-NotificationOutcome = Literal["sent", "retried", "failed", "dead_lettered", "duplicate"]
+NotificationOutcome = Literal["sent", "retried", "failed", "dead_lettered", "duplicate", "digested"]
 NOTIFICATION_OUTCOMES: Final[tuple[NotificationOutcome, ...]] = get_args(NotificationOutcome)
 
 # Per-event work is microseconds; a batch is one Redis pipeline plus produce round trips.
