@@ -13,7 +13,7 @@ bash .ci/install.sh
 if [[ ! -x "${VENV}/bin/python" ]]; then
     python3 -m venv "${VENV}"
 fi
-"${VENV}/bin/pip" install -q --disable-pip-version-check -e ".[dev]"
+"${VENV}/bin/pip" install -q --disable-pip-version-check -e ".[dev,eval]"
 touch "${VENV}/.installed"
 
 echo "test: ruff and mypy" >&2

@@ -347,12 +347,14 @@ def stack(action: str, args: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from churnwatch.notify.commands import register as register_notify
+    from churnwatch.replay.commands import register as register_replay
     from churnwatch.sdk.commands import register as register_sdk
     from churnwatch.stream.commands import register as register_stream
 
     register_sdk(main)
     register_stream(main)
     register_notify(main)
+    register_replay(main)
 
 
 _register()
