@@ -118,6 +118,8 @@ def build_app(settings: StreamSettings, group_id: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_max_poll_records=settings.broker_max_poll_records,
+        consumer_max_fetch_size=settings.consumer_max_fetch_bytes,
         producer_acks=-1,
         producer_request_timeout=settings.request_timeout,
         key_serializer="raw",
@@ -206,6 +208,9 @@ class WorkerRuntime:
             topics=self.topics,
             assigned=self._assigned,
             highwater=self._highwater,
+            start_offset=self._committed,
+            commit=self._commit_acked,
+            seek=self._seek_to,
         )
         self.ingest_ack: Any = None
         self._started = False
@@ -216,13 +221,6 @@ class WorkerRuntime:
             if self._started:
                 return
             await self.store.start()
-            # Seed the ingest's time bound with what the scorers have seen.
-            tops = []
-            for partition in range(self.settings.partitions_count):
-                meta = await self.store.load_partition(partition)
-                if meta.high_water is not None:
-                    tops.append(meta.high_water)
-            self.ingestor.top = max(tops, default=None)
             self._started = True
             log.info(
                 "worker.started",
@@ -238,8 +236,22 @@ class WorkerRuntime:
     def _assigned(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
 
+    async def _commit_acked(self) -> object:
+        return await self.app.consumer.commit()
+
+    def _committed(self, topic: str, partition: int) -> int | None:
+        # faust keeps the committed offsets it sought to on assignment (and later commits).
+        committed = getattr(self.app.consumer, "_committed_offset", None)
+        if committed is None:
+            return None
+        value = committed.get(FaustTP(topic, partition))
+        return None if value is None else int(value)
+
     async def _seek_events(self, partition: int, offset: int) -> None:
-        await self.app.consumer.seek(FaustTP(self.topics.events, partition), offset)
+        await self._seek_to(self.topics.events, partition, offset)
+
+    async def _seek_to(self, topic: str, partition: int, offset: int) -> None:
+        await self.app.consumer.seek(FaustTP(topic, partition), offset)
 
     def _highwater(self, topic: str, partition: int) -> int | None:
         try:

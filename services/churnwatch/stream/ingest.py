@@ -9,8 +9,10 @@ would reject them as too late). So the ingest worker merges, like Kafka Streams'
 synchronisation: per partition number, it buffers each ingest topic's valid records and
 forwards the one with the smallest event time while every topic of that partition either has
 a record buffered or has nothing more to deliver (it has caught up with its high watermark).
-A topic that has delivered nothing since the assignment is waited for at most
-`ingest_idle_seconds`, and so is any record: a silent topic delays, never stops, the others.
+The consumer fetches small chunks per partition (`consumer_max_fetch_bytes`), so a backlog
+arrives interleaved across the topics and the merge buffers little. A topic that has not caught
+up and delivers nothing for `ingest_idle_seconds` is given up on (logged): a stalled topic
+delays, never stops, the others.
 
 Records are acknowledged (their offsets may be committed) only after their forward or dead
 letter is delivered. After a crash the uncommitted records are forwarded again; the scorer
@@ -23,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -46,10 +48,15 @@ class _Source:
 
     rank: int
     """Ties in event time go to the topic listed first in the settings."""
-    assigned_at: float
-    pending: deque[tuple[Event, Record, float]] = field(default_factory=deque)
+    delivered_at: float
+    """When the source last delivered a record (or was assigned)."""
+    pending: deque[tuple[Event, Record]] = field(default_factory=deque)
     next_offset: int | None = None
     """One past the last offset received since the assignment."""
+    gap_since: float | None = None
+    """When records after a gap started arriving (we sought back to `next_offset`)."""
+    sought_at: float = 0.0
+    """When we last sought back to `next_offset` (again every second while the gap lasts)."""
 
 
 class Ingestor:
@@ -69,6 +76,9 @@ class Ingestor:
         topics: TopicNames,
         assigned: Callable[[], set[TP]],
         highwater: Callable[[str, int], int | None],
+        start_offset: Callable[[str, int], int | None] = lambda _t, _p: None,
+        commit: Callable[[], Awaitable[object]] | None = None,
+        seek: Callable[[str, int, int], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -77,13 +87,24 @@ class Ingestor:
         self.topics = topics
         self._assigned = assigned
         self._highwater = highwater
+        self._start_offset = start_offset
+        self._commit = commit
+        self._seek = seek
         self._clock = clock
         self._ranks = {name: i for i, name in enumerate(topics.ingest_topics())}
         self._sources: dict[TP, _Source] = {}
+        self.seeks: list[tuple[TP, int]] = []
+        """Seeks back to request from the consumer (done by `handle` after a batch)."""
         self._lock = asyncio.Lock()
         self._max_future = timedelta(seconds=settings.max_future_seconds)
         self.top: datetime | None = None
-        """The largest event time forwarded; events past it plus `max_future` are rejected."""
+        """
+        The largest event time forwarded by this process; events past it plus `max_future`
+        are rejected. It starts empty: the first record forwarded after a start (the earliest
+        of every ingest topic's next record, in the merge) sets it. A bound carried over from
+        before would be behind the records still to forward after a crash, and would reject
+        them all.
+        """
         for name in self._ranks:
             metrics.prime_topic(name)
 
@@ -94,9 +115,24 @@ class Ingestor:
             dead: list[tuple[Record, BadEventError]] = []
             for record in records:
                 self._add(record, dead)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "ingest.batch",
+                    extra={
+                        "records": len(records),
+                        "pending": {
+                            f"{tp[0].rsplit('.', 1)[-1]}:{tp[1]}": len(s.pending)
+                            for tp, s in sorted(self._sources.items())
+                        },
+                    },
+                )
             if dead:
                 await self._dead_letter(dead, ack)
             await self._forward_ready(ack)
+            seeks, self.seeks = self.seeks, []
+            for (topic, partition), offset in seeks:
+                if self._seek is not None:
+                    await self._seek(topic, partition, offset)
 
     async def tick(self, ack: Ack) -> None:
         """Forward what became ready while no record arrived."""
@@ -113,19 +149,23 @@ class Ingestor:
                 del self._sources[tp]
         for tp in assigned:
             if tp not in self._sources:
-                self._sources[tp] = _Source(self._ranks[tp[0]], now)
+                self._sources[tp] = _Source(self._ranks[tp[0]], delivered_at=now)
 
     def _add(self, record: Record, dead: list[tuple[Record, BadEventError]]) -> None:
         tp = (record.topic, record.partition)
         source = self._sources.get(tp)
         if source is None:
             return  # not ours (any more): never acknowledged here
-        self.metrics.records_consumed.labels(record.topic).inc()
         if source.next_offset is not None and record.offset < source.next_offset:
             # Delivered again after a rebalance: already buffered or forwarded.
+            self.metrics.records_consumed.labels(record.topic).inc()
             self.metrics.records_duplicates.labels(record.topic).inc()
             return
+        if self._skipped(tp, source, record):
+            return  # counted when it is delivered again
+        self.metrics.records_consumed.labels(record.topic).inc()
         source.next_offset = record.offset + 1
+        source.delivered_at = self._clock()
         try:
             # The time bound is checked when the record's turn comes in the merge (`_ready`):
             # a backlog arrives far ahead of the largest event time forwarded so far.
@@ -133,7 +173,40 @@ class Ingestor:
         except BadEventError as error:
             dead.append((record, error))
             return
-        source.pending.append((event, record, self._clock()))
+        source.pending.append((event, record))
+
+    def _skipped(self, tp: TP, source: _Source, record: Record) -> bool:
+        """
+        Whether records before this one were never delivered (a gap in the offsets, which
+        faust can cause around a rebalance): then seek back to the first missing one and drop
+        this one, unacknowledged, until the missing ones arrive. Forwarding it would let the
+        commit pass over them. A gap that persists (records gone from the log) is accepted
+        after `ingest_idle_seconds` plus ten seconds.
+        """
+        expected = source.next_offset
+        if expected is None:
+            expected = self._start_offset(*tp)
+        if expected is None or record.offset <= expected:
+            source.gap_since = None
+            return False
+        now = self._clock()
+        context = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "expected_offset": expected,
+        }
+        if source.gap_since is None:
+            source.gap_since = now
+            log.info("ingest.gap", extra=context)
+        if now - source.gap_since >= self.settings.ingest_idle_seconds + 10.0:
+            log.error("ingest.gap_accepted", extra=context)
+            source.gap_since = None
+            return False
+        if now - source.sought_at >= 1.0:
+            source.sought_at = now
+            self.seeks.append((tp, expected))
+        return True
 
     async def _dead_letter(self, dead: list[tuple[Record, BadEventError]], ack: Ack) -> None:
         deliveries = []
@@ -172,16 +245,18 @@ class Ingestor:
         await asyncio.gather(*deliveries)
         await ack([record for record, _ in dead])
 
-    def _caught_up(self, tp: TP, source: _Source, now: float) -> bool:
+    def _caught_up(self, tp: TP, source: _Source) -> bool:
         """Whether the source has nothing more to deliver for now."""
-        if source.next_offset is None:
-            # Nothing delivered since the assignment: empty, or quiet; wait a little.
-            highwater = self._highwater(*tp)
-            if highwater == 0:
-                return True
-            return now - source.assigned_at >= self.settings.ingest_idle_seconds
         highwater = self._highwater(*tp)
-        return highwater is not None and source.next_offset >= highwater
+        if highwater is None:
+            return False
+        position = source.next_offset
+        if position is None:
+            # Nothing delivered since the assignment: it starts at its committed offset.
+            position = self._start_offset(*tp)
+            if position is None:
+                return highwater == 0
+        return position >= highwater
 
     def _ready(self, dead: list[tuple[Record, BadEventError]]) -> list[tuple[Event, Record]]:
         """
@@ -195,30 +270,40 @@ class Ingestor:
             groups.setdefault(tp[1], []).append((tp, source))
         out: list[tuple[Event, Record]] = []
         for members in groups.values():
-            waiting = [
-                source
+            waiting = {
+                tp: source
                 for tp, source in members
-                if not source.pending and not self._caught_up(tp, source, now)
-            ]
+                if not source.pending and not self._caught_up(tp, source)
+            }
+            stalled = False
             while True:
                 heads = [s for _, s in members if s.pending]
                 if not heads:
                     break
+                if waiting and not stalled:
+                    # Wait for them, unless none has delivered anything for a long time.
+                    if any(now - s.delivered_at < idle for s in waiting.values()):
+                        break
+                    stalled = True
+                    log.warning(
+                        "ingest.merge_stalled",
+                        extra={
+                            "partition": members[0][0][1],
+                            "waiting_for": [f"{t}:{p}" for t, p in waiting],
+                            "idle_seconds": idle,
+                        },
+                    )
                 first = min(heads, key=lambda s: (s.pending[0][0].ts, s.rank))
-                oldest = min(s.pending[0][2] for s in heads)
-                if waiting and now - oldest < idle:
-                    break
-                event, record, _arrived = first.pending.popleft()
+                event, record = first.pending.popleft()
                 if self.top is not None and event.ts > self.top + self._max_future:
                     dead.append((record, self._future(event)))
                 else:
                     if self.top is None or event.ts > self.top:
                         self.top = event.ts
                     out.append((event, record))
-                if not first.pending and not self._caught_up(
-                    (record.topic, record.partition), first, now
-                ):
-                    waiting.append(first)
+                tp = (record.topic, record.partition)
+                if not first.pending and not self._caught_up(tp, first):
+                    waiting[tp] = first
         return out
 
     def _future(self, event: Event) -> BadEventError:
@@ -251,3 +336,8 @@ class Ingestor:
         for _event, record in ready:
             self.metrics.records_processed.labels(record.topic).inc()
         await ack([record for _event, record in ready])
+        if self._commit is not None:
+            # Commit now rather than at faust's next interval: after a crash every record
+            # forwarded but not committed is forwarded again (and dead-lettered `too_late` by
+            # the scorer once it is behind the watermark).
+            await self._commit()

@@ -92,6 +92,19 @@ class Learner:
                 )
                 continue
             if isinstance(item, Watermark):
+                if not 0 <= item.partition < self.curriculum.partitions:
+                    self.metrics.records_dead_lettered.labels(self.topic, "bad_partition").inc()
+                    log.warning(
+                        "training.bad_partition",
+                        extra={
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                            "watermark_partition": item.partition,
+                            "partitions": self.curriculum.partitions,
+                        },
+                    )
+                    continue
                 self.metrics.records_processed.labels(self.topic).inc()
                 await self._advance(item)
             elif self.curriculum.add(item):

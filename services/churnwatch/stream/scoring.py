@@ -183,7 +183,8 @@ class _Run:
     dirty: dict[str, int | None] = field(default_factory=dict)
     outbox: list[OutboxEntry] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
-    alerts: list[tuple[AlertRecord, float | None]] = field(default_factory=list)
+    alerts: list[tuple[AlertRecord, Record | None]] = field(default_factory=list)
+    """Each alert with the record that caused it (None: the sweep)."""
     ack: Ack | None = None
     cap: int | None = None
     """No checkpoint after this epoch can exist yet: the epoch of `reported`."""
@@ -300,12 +301,18 @@ class ScoringWorker:
             meta = await self.store.load_partition(partition)
             if await self._gap(partition, part, meta, records[0]):
                 return
+            records, rest = self._contiguous(meta, records)
             run = self._run(partition, meta, ack)
             parsed = self._decode(run, records)
             await self._load(run, parsed)
             for record, item in zip(records, parsed, strict=True):
                 await self._apply(run, part, record, item)
             await self._flush(run, part)
+            if rest:
+                # Records went missing inside the batch: take them again from the log.
+                await self._gap(
+                    partition, part, PartitionMeta(last_offset=run.last_offset), rest[0]
+                )
             highwater = self._highwater(partition)
             if highwater is not None:
                 lag = max(0, highwater - (records[-1].offset + 1))
@@ -344,6 +351,18 @@ class ScoringWorker:
         log.error("batch.gap_accepted", extra=context)
         part.gap_seek = None
         return False
+
+    @staticmethod
+    def _contiguous(
+        meta: PartitionMeta, records: Sequence[Record]
+    ) -> tuple[Sequence[Record], Sequence[Record]]:
+        """The batch up to the first gap in its offsets, and the rest (normally empty)."""
+        expected = records[0].offset if meta.last_offset is None else meta.last_offset + 1
+        for i, record in enumerate(records):
+            if record.offset > expected:
+                return records[:i], records[i:]
+            expected = max(expected, record.offset + 1)
+        return records, ()
 
     def _decode(self, run: _Run, records: Sequence[Record]) -> list[Event | BadEventError | None]:
         """Each record's event, its decoding error, or None when handled before."""
@@ -388,14 +407,18 @@ class ScoringWorker:
     async def _apply(
         self, run: _Run, part: _Partition, record: Record, item: Event | BadEventError | None
     ) -> None:
+        """
+        Handle one record. It joins the chunk (`run.records`, `last_offset`) only when done:
+        a chunk written while this record waits for a model must not claim it.
+        """
         topic = self.topics.events
-        run.records.append(record)
-        run.last_offset = record.offset
         if item is None:
             self.metrics.records_duplicates.labels(topic).inc()
+            self._done(run, record)
             return
         if isinstance(item, BadEventError):
             self._dead_letter(run, record, item)
+            self._done(run, record)
             return
         event = item
         cfg = self.policy.config
@@ -406,13 +429,14 @@ class ScoringWorker:
                 f"more than the allowed lateness {cfg.lateness}"
             )
             self._dead_letter(run, record, BadEventError(msg, reason="too_late", field="ts"))
+            self._done(run, record)
             return
-        if run.high_water is None or event.ts > run.high_water:
-            run.high_water = event.ts
-        watermark = run.high_water - cfg.lateness
+        high_water = event.ts if run.high_water is None else max(run.high_water, event.ts)
+        watermark = high_water - cfg.lateness
         applied = run.applied.get(event.customer_id)
         if applied is not None and record.offset <= applied:
             # Applied before a crash: its effects were written with it.
+            run.high_water = high_water
             self.metrics.records_duplicates.labels(topic).inc()
         else:
             started = time.perf_counter()
@@ -428,14 +452,22 @@ class ScoringWorker:
                 ),
             )
             self.metrics.event_seconds.observe(time.perf_counter() - started)
+            run.high_water = high_water
             if step.outcome == "duplicate":
                 self.metrics.records_duplicates.labels(topic).inc()
+                self._done(run, record)
                 return
             self.metrics.records_processed.labels(topic).inc()
             run.applied[event.customer_id] = record.offset
-            self._take(run, step, record.offset, record.timestamp)
+            self._take(run, step, record)
         await self._sweep(run, part, watermark)
         run.report(watermark, self._epoch)
+        self._done(run, record)
+
+    @staticmethod
+    def _done(run: _Run, record: Record) -> None:
+        run.records.append(record)
+        run.last_offset = record.offset
 
     async def _step(
         self, run: _Run, part: _Partition, compute: Callable[[int | None], StepResult]
@@ -466,6 +498,16 @@ class ScoringWorker:
             if checkpoints.final(epoch):
                 await checkpoints.resolve(epoch)
                 return
+        log.warning(
+            "model.wait_timeout",
+            extra={
+                "topic": self.topics.events,
+                "partition": run.partition,
+                "offset": run.last_offset,
+                "wanted_epoch": epoch,
+                "waited_seconds": self.settings.model_wait_seconds,
+            },
+        )
         await checkpoints.resolve(epoch, fallback=True)
 
     async def _sweep(self, run: _Run, part: _Partition, until: datetime) -> None:
@@ -479,7 +521,7 @@ class ScoringWorker:
             step = await self._step(run, part, self._sweeper(state, until))
             heapq.heappop(due)
             self.metrics.sweep_customers.inc()
-            self._take(run, step, None, None)
+            self._take(run, step, None)
         run.swept_to = until
 
     def _sweeper(self, state: CustomerState, until: datetime) -> Callable[[int | None], StepResult]:
@@ -493,14 +535,12 @@ class ScoringWorker:
 
         return compute
 
-    def _take(
-        self, run: _Run, step: StepResult, offset: int | None, record_ts: float | None
-    ) -> None:
+    def _take(self, run: _Run, step: StepResult, record: Record | None) -> None:
         state = step.state
         customer_id = state.customer_id
         run.states[customer_id] = state
-        if offset is not None:
-            run.dirty[customer_id] = offset
+        if record is not None:
+            run.dirty[customer_id] = record.offset
         else:
             run.dirty.setdefault(customer_id, None)
         due = next_due_at(state, self.policy)
@@ -517,7 +557,7 @@ class ScoringWorker:
                     (("alert_id", alert.alert_id.encode()),),
                 )
             )
-            run.alerts.append((alert, record_ts))
+            run.alerts.append((alert, record))
         for example in step.examples:
             run.outbox.append(self._example_entry(example, key))
 
@@ -594,10 +634,10 @@ class ScoringWorker:
 
     def _published_alerts(self, run: _Run) -> None:
         now = time.time()
-        for alert, record_ts in run.alerts:
+        for alert, record in run.alerts:
             self.metrics.alerts.labels(alert.rule, alert.action).inc()
-            if record_ts is not None:
-                self.metrics.event_to_alert_seconds.observe(max(0.0, now - record_ts))
+            if record is not None and record.timestamp is not None:
+                self.metrics.event_to_alert_seconds.observe(max(0.0, now - record.timestamp))
             log.info(
                 "alert.published",
                 extra={
@@ -608,6 +648,7 @@ class ScoringWorker:
                     "score": alert.score,
                     "topic": self.topics.events,
                     "partition": run.partition,
+                    "offset": None if record is None else record.offset,
                 },
             )
 

@@ -58,7 +58,21 @@ class StreamSettings(CoreSettings):
         "every hop when a topic is quiet.",
     )
     stream_buffer_maxsize: int = Field(
-        default=4096, ge=1, description="Records faust buffers per stream before it pauses."
+        default=4096,
+        ge=1,
+        description="Records faust buffers per stream; at 80% it stops fetching the partition.",
+    )
+    consumer_max_fetch_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Bytes fetched per partition per request: small, so a backlog arrives "
+        "interleaved across partitions (the ingest merge buffers less, no stream starves).",
+    )
+    broker_max_poll_records: int = Field(
+        default=500,
+        ge=1,
+        description="Records per fetch handed to faust at most; keep it under a fifth of "
+        "stream_buffer_maxsize, or a full stream blocks delivery to every other stream.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics.")
     log_level: LogLevel = "info"
@@ -107,11 +121,13 @@ class WorkerSettings(StreamSettings):
     )
     model_poll_seconds: float = Field(default=0.05, gt=0)
     ingest_idle_seconds: float = Field(
-        default=1.0,
+        default=10.0,
         ge=0,
-        description="The ingest merge waits at most this long for an ingest topic that has "
-        "not caught up before it forwards the others' events without it.",
+        description="The ingest merge waits for an ingest topic that has not caught up "
+        "(records behind its high watermark not delivered yet) as long as it delivers "
+        "something at least this often; then it forwards the others' events without it.",
     )
+
     deadletter_max_original_bytes: int = Field(
         default=256 * 1024,
         ge=0,

@@ -1,0 +1,705 @@
+"""
+The streaming workers against the real broker and Redis: a worker subprocess gives the states
+and alerts of the in-process replay, and bad input never stops the stream.
+
+The helpers here (the stack of one test, subprocesses, topic dumps, waits) are shared with
+test_stream_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from churnwatch.core.alerts import AlertRecord, alert_to_json
+from churnwatch.core.errors import BadEventError
+from churnwatch.core.events import parse_event
+from churnwatch.core.state import CustomerState, from_dict, to_dict
+from churnwatch.metrics import Metrics
+from churnwatch.replay.engine import Replay
+from churnwatch.sdk.producer import EventProducer, publish_records, raw_producer
+from churnwatch.sdk.settings import KafkaSettings, TopicNames
+from churnwatch.sdk.topics import ensure_topics
+from churnwatch.settings import CoreSettings
+from churnwatch.sim import SimConfig, Simulation
+from churnwatch.stream.ingest import Ingestor
+from churnwatch.stream.records import Record
+from churnwatch.stream.settings import WorkerSettings
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+# 400 customers over 30 days: about 2,300 records, 30 model epochs.
+SIM = SimConfig(customers=400, days=30, seed=3, duplicate_rate=0.01)
+START_DEADLINE_S = 30.0
+RUN_DEADLINE_S = 90.0
+# Short faust timeouts (Tansu holds a JoinGroup for the rebalance timeout), a quick sweep,
+# and a model wait longer than a takeover after a crash (session timeout plus a join).
+TEST_ENV = {
+    "CHURNWATCH_BROKER_SESSION_TIMEOUT": "6",
+    "CHURNWATCH_BROKER_REBALANCE_TIMEOUT": "3",
+    "CHURNWATCH_BROKER_HEARTBEAT_INTERVAL": "0.5",
+    "CHURNWATCH_BROKER_COMMIT_INTERVAL": "0.5",
+    "CHURNWATCH_SWEEP_INTERVAL_SECONDS": "0.5",
+    "CHURNWATCH_MODEL_WAIT_SECONDS": "40",
+    "CHURNWATCH_MODEL_POLL_SECONDS": "0.02",
+    "CHURNWATCH_BATCH_MAX_RECORDS": "40",
+    "CHURNWATCH_BATCH_WITHIN_SECONDS": "0.05",
+    "CHURNWATCH_FETCH_MAX_WAIT_MS": "50",
+    "CHURNWATCH_LOG_LEVEL": "info",
+}
+
+
+# -- the stack of one test --------------------------------------------------------------------
+@dataclass
+class Stack:
+    """One test's topics (by prefix), Redis prefix and addresses."""
+
+    bootstrap: str
+    redis_url: str
+    prefix: str
+    kafka: KafkaSettings
+    client: redis.Redis
+
+    @property
+    def topics(self) -> TopicNames:
+        return self.kafka.topics()
+
+    def env(self, group_id: str, metrics_port: int, **extra: str) -> dict[str, str]:
+        """The environment of a worker or learner subprocess of this test."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CHURNWATCH_")}
+        return {
+            **base,
+            **TEST_ENV,
+            "CHURNWATCH_KAFKA_BOOTSTRAP": self.bootstrap,
+            "CHURNWATCH_KAFKA_PARTITIONS": str(PARTITIONS),
+            "CHURNWATCH_KAFKA_TOPIC_PREFIX": self.prefix + ".",
+            "CHURNWATCH_REDIS_URL": self.redis_url,
+            "CHURNWATCH_REDIS_PREFIX": self.prefix,
+            "CHURNWATCH_GROUP_ID": group_id,
+            "CHURNWATCH_METRICS_PORT": str(metrics_port),
+            **extra,
+        }
+
+    def meta(self, partition: int) -> dict[str, str]:
+        return self.client.hgetall(f"{self.prefix}:p:{{{partition}}}:meta")  # type: ignore[return-value]
+
+    def outbox_size(self) -> int:
+        return sum(
+            int(self.client.hlen(f"{self.prefix}:p:{{{p}}}:outbox"))  # type: ignore[arg-type]
+            for p in range(PARTITIONS)
+        )
+
+    def state(self, customer_id: str) -> CustomerState | None:
+        raw: dict[str, str] = self.client.hgetall(f"{self.prefix}:c:{{{customer_id}}}")  # type: ignore[assignment]
+        fields = {k: v for k, v in raw.items() if not k.startswith("o:")}
+        return from_dict(fields) if fields else None
+
+
+@pytest.fixture
+def stack(
+    kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis, kafka_admin: KafkaAdminClient
+) -> Iterator[Stack]:
+    """
+    Every churnwatch topic under a fresh prefix, and a fresh Redis prefix; removed afterwards.
+    """
+    prefix = f"cw-it-{uuid4().hex[:12]}"
+    kafka = KafkaSettings(
+        bootstrap=kafka_bootstrap, partitions=PARTITIONS, topic_prefix=prefix + "."
+    )
+    ensure_topics(kafka)
+    try:
+        yield Stack(kafka_bootstrap, redis_url, prefix, kafka, redis_client)
+    finally:
+        try:
+            kafka_admin.delete_topics(list(kafka.topics().all()), timeout_ms=10_000)
+        except Exception as exc:  # cleanup must not hide the test's outcome
+            print(f"deleting the test topics failed: {exc!r}")
+        keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            redis_client.delete(*keys)
+
+
+# -- subprocesses -----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return f"--- {self.name} (pid {self.popen.pid}) log tail ---\n" + "\n".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class Processes:
+    """Starts `churnwatch worker|learner` subprocesses and ends exactly those, by PID."""
+
+    directory: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def start(self, kind: str, stack: Stack, name: str, group_id: str) -> Proc:
+        port = free_port()
+        log = self.directory / f"{name}.log"
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "churnwatch.stream", kind],
+            env=stack.env(group_id, port),
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+        proc = Proc(name, popen, log, port)
+        self.started.append(proc)
+        return proc
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL: no shutdown, no commit, no flush."""
+        proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in self.started:
+            try:
+                proc.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.popen.send_signal(signal.SIGKILL)
+                proc.popen.wait(timeout=10)
+
+    def tails(self) -> str:
+        return "\n".join(proc.tail() for proc in self.started)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """The subprocesses a test starts; every one still running is stopped at the end."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def start_learner(processes: Processes, stack: Stack) -> Proc:
+    return processes.start("learner", stack, "learner", f"{stack.prefix}-learner")
+
+
+def start_worker(processes: Processes, stack: Stack, name: str = "worker") -> Proc:
+    return processes.start("worker", stack, name, f"{stack.prefix}-worker")
+
+
+# -- waiting, reading ------------------------------------------------------------------------
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    processes: Processes,
+    every: float = 0.2,
+) -> None:
+    """Polls `condition` until it holds; fails after `timeout` seconds with the logs' tails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    pytest.fail(f"expected {what} within {timeout}s\n{processes.tails()}")
+
+
+class TopicReader:
+    """Reads a topic's partitions from the beginning; knows each partition's high watermark."""
+
+    def __init__(self, stack: Stack, topic: str) -> None:
+        self.tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=stack.bootstrap,
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+            fetch_max_wait_ms=50,
+        )
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_beginning(*self.tps)
+        self.records: list[ConsumerRecord] = []
+
+    def read(self, max_seconds: float = 2.0) -> list[ConsumerRecord]:
+        """Everything up to the current high watermarks (polls at most `max_seconds`)."""
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            got = self.consumer.poll(timeout_ms=100)
+            for batch in got.values():
+                self.records.extend(batch)
+            if not got and self.caught_up():
+                break
+        return self.records
+
+    def highwaters(self) -> dict[int, int] | None:
+        marks = {tp.partition: self.consumer.highwater(tp) for tp in self.tps}
+        if any(mark is None for mark in marks.values()):
+            return None
+        return marks  # type: ignore[return-value]
+
+    def caught_up(self) -> bool:
+        marks = self.highwaters()
+        return marks is not None and all(
+            self.consumer.position(tp) >= marks[tp.partition] for tp in self.tps
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def committed(stack: Stack, group_id: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets on these topics (missing: never committed)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=group_id, enable_auto_commit=False
+    )
+    try:
+        out: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            for p in range(PARTITIONS):
+                offset = consumer.committed(TopicPartition(topic, p))
+                if offset is not None:
+                    out[(topic, p)] = offset
+        return out
+    finally:
+        consumer.close()
+
+
+class Progress:
+    """Whether the workers are done: everything forwarded, applied, produced and committed."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.ingest = [TopicReader(stack, t) for t in stack.topics.ingest_topics()]
+        self.events = TopicReader(stack, stack.topics.events)
+
+    def applied(self) -> int:
+        """Records of churn.events handled by the scorers (from Redis)."""
+        total = 0
+        for p in range(PARTITIONS):
+            last = self.stack.meta(p).get("last_offset")
+            total += int(last) + 1 if last else 0
+        return total
+
+    def done(self, group_id: str) -> bool:
+        for reader in self.ingest:
+            reader.read(0.5)
+        marks = [r.highwaters() for r in self.ingest]
+        if any(m is None for m in marks):
+            return False
+        ingest_ends = {
+            (reader.tps[0].topic, p): end
+            for reader, m in zip(self.ingest, marks, strict=True)
+            for p, end in (m or {}).items()
+        }
+        got = committed(self.stack, group_id, self.stack.topics.ingest_topics())
+        if any(got.get(tp, 0) < end for tp, end in ingest_ends.items() if end > 0):
+            return False
+        self.events.read(0.5)
+        events_ends = self.events.highwaters()
+        if events_ends is None:
+            return False
+        for p, end in events_ends.items():
+            last = self.stack.meta(p).get("last_offset")
+            if end > 0 and (not last or int(last) + 1 < end):
+                return False
+        return self.stack.outbox_size() == 0
+
+    def close(self) -> None:
+        for reader in [*self.ingest, self.events]:
+            reader.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a process's /metrics, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def counter(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum of a counter's samples whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+def publish(stack: Stack, records: Iterable[bytes]) -> int:
+    """Publishes valid events with the SDK; returns how many were sent."""
+    with EventProducer(stack.kafka) as producer:
+        summary = publish_records(records, producer)
+    assert summary.stopped is None
+    return summary.sent
+
+
+def merged_by_time(records: Sequence[ConsumerRecord]) -> list[bytes]:
+    """
+    The values of churn.events in the log's order per partition, the partitions interleaved
+    by event time (as they would be in time order; the replay's order across partitions).
+    """
+    by_partition: dict[int, list[ConsumerRecord]] = {}
+    for record in records:
+        by_partition.setdefault(record.partition, []).append(record)
+
+    def timed(record: ConsumerRecord) -> tuple[datetime, bytes]:
+        try:
+            return parse_event(record.value).ts, record.value
+        except BadEventError:
+            return datetime.min.replace(tzinfo=UTC), record.value
+
+    streams = [
+        [timed(r) for r in sorted(rs, key=lambda r: r.offset)] for rs in by_partition.values()
+    ]
+    return [value for _, value in heapq.merge(*streams, key=lambda item: item[0])]
+
+
+def replay(records: Iterable[bytes]) -> tuple[Replay, list[AlertRecord]]:
+    alerts: list[AlertRecord] = []
+    engine = Replay(CoreSettings().to_policy(), partitions=PARTITIONS, on_alert=alerts.append)
+    engine.run(records)
+    return engine, alerts
+
+
+def alerts_on_topic(stack: Stack) -> dict[str, list[bytes]]:
+    """Every alert on churn.alerts by alert_id (a redelivered one appears more than once)."""
+    reader = TopicReader(stack, stack.topics.alerts)
+    try:
+        records = reader.read(5.0)
+    finally:
+        reader.close()
+    out: dict[str, list[bytes]] = {}
+    for record in records:
+        out.setdefault(orjson.loads(record.value)["alert_id"], []).append(record.value)
+    return out
+
+
+def assert_equals_replay(stack: Stack, original: Sequence[bytes]) -> Replay:
+    """
+    The states in Redis equal the replay's over churn.events (and, in score, over the
+    original records), and churn.alerts holds exactly the replay's alerts, byte for byte.
+    """
+    reader = TopicReader(stack, stack.topics.events)
+    try:
+        logged = reader.read(5.0)
+    finally:
+        reader.close()
+    from_log, log_alerts = replay(merged_by_time(logged))
+    from_file, file_alerts = replay(original)
+    assert set(from_file.states) == set(from_log.states)
+    for customer_id, expected in from_log.states.items():
+        actual = stack.state(customer_id)
+        assert actual is not None, customer_id
+        assert to_dict(expected) == to_dict(actual), customer_id
+        expected_file = from_file.states[customer_id]
+        assert (expected_file.score, expected_file.churn_probability) == (
+            actual.score,
+            actual.churn_probability,
+        ), customer_id
+    published = alerts_on_topic(stack)
+    assert {a.alert_id for a in log_alerts} == set(published)
+    assert {a.alert_id for a in file_alerts} == set(published)
+    for alert in log_alerts:
+        assert {alert_to_json(alert)} == set(published[alert.alert_id]), alert.alert_id
+    return from_log
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_a_worker_gives_the_states_and_alerts_of_the_replay(
+    stack: Stack, processes: Processes
+) -> None:
+    """
+    Events published with the SDK and run through a worker give the replay's states and alerts.
+    """
+    records = list(Simulation(SIM).records())
+    sent = publish(stack, records)
+    assert len(records) == sent
+    start_learner(processes, stack)
+    worker = start_worker(processes, stack)
+    progress = Progress(stack)
+    try:
+        wait_until(
+            lambda: progress.done(f"{stack.prefix}-worker"),
+            RUN_DEADLINE_S,
+            "every record forwarded, applied and committed",
+            processes,
+        )
+    finally:
+        progress.close()
+    engine = assert_equals_replay(stack, records)
+    assert engine.counts.alerts > 20
+    samples = scrape(worker.metrics_port)
+    events = stack.topics.events
+    consumed = counter(samples, "churnwatch_records_consumed_total", topic=events)
+    assert sent == consumed
+    assert consumed == counter(
+        samples, "churnwatch_records_processed_total", topic=events
+    ) + counter(samples, "churnwatch_records_duplicates_total", topic=events) + counter(
+        samples, "churnwatch_records_dead_lettered_total", topic=events
+    )
+    assert engine.counts.duplicates == counter(
+        samples, "churnwatch_records_duplicates_total", topic=events
+    )
+    assert 0.0 == counter(samples, "churnwatch_model_fallback_total")
+
+
+def good_event(n: int, customer: str, at: datetime) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"ev-good-{n}",
+            "type": "login",
+            "customer_id": customer,
+            "ts": at.isoformat(),
+            "channel": "web",
+        }
+    )
+
+
+def purchase(event_id: str, customer: str, at: str, amount: Any = 10.0) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "type": "purchase",
+        "customer_id": customer,
+        "ts": at,
+        "amount": amount,
+        "currency": "EUR",
+        "order_id": f"o-{event_id}",
+    }
+
+
+def test_bad_records_are_dead_lettered_and_good_ones_around_them_applied(
+    stack: Stack, processes: Processes
+) -> None:
+    """
+    Each kind of bad record lands on the dead-letter topic with its reason and original bytes,
+    the good events around it are applied, and consumed == processed + duplicates + dead-lettered.
+    """
+    start_at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    customers = [f"bad-c{i}" for i in range(6)]
+    before = [good_event(i, customers[i % 6], start_at + timedelta(minutes=i)) for i in range(12)]
+    after = [
+        good_event(100 + i, customers[i % 6], start_at + timedelta(hours=2, minutes=i))
+        for i in range(12)
+    ]
+    ts = (start_at + timedelta(hours=1)).isoformat()
+    bad: dict[str, bytes] = {
+        "malformed_json": b'{"type": "purchase", "customer_id": "bad-c0",',
+        "not_utf8": b'\xff\xfe{"type": "login"}',
+        "wrong_type": orjson.dumps(purchase("ev-bad-1", "bad-c1", ts, amount="ten")),
+        "missing_field": orjson.dumps(
+            {k: v for k, v in purchase("ev-bad-2", "bad-c2", ts).items() if k != "order_id"}
+        ),
+        "invalid_value": orjson.dumps(purchase("ev-bad-3", "bad-c3", ts, amount=-5.0)),
+        "naive_timestamp": orjson.dumps(purchase("ev-bad-4", "bad-c4", "2026-03-01T10:00:00")),
+        "future_timestamp": orjson.dumps(purchase("ev-bad-5", "bad-c5", "2100-01-01T00:00:00Z")),
+        "unknown_type": orjson.dumps({**purchase("ev-bad-6", "bad-c0", ts), "type": "teleport"}),
+        "oversize": orjson.dumps({**purchase("ev-bad-7", "bad-c1", ts), "pad": "x" * 70_000}),
+    }
+    producer = raw_producer(stack.kafka)
+    try:
+        for value in before:
+            key = orjson.loads(value)["customer_id"].encode()
+            producer.send(stack.topics.for_event("login"), key=key, value=value)
+        for i, value in enumerate(bad.values()):
+            key = customers[i % 6].encode()
+            producer.send(stack.topics.for_event("purchase"), key=key, value=value)
+        for value in after:
+            key = orjson.loads(value)["customer_id"].encode()
+            producer.send(stack.topics.for_event("login"), key=key, value=value)
+        producer.flush(timeout=20)
+    finally:
+        producer.close(timeout=5)
+    start_learner(processes, stack)
+    worker = start_worker(processes, stack)
+    progress = Progress(stack)
+    try:
+        wait_until(
+            lambda: progress.done(f"{stack.prefix}-worker"),
+            START_DEADLINE_S + 20,
+            "the good records applied and the bad ones dead-lettered",
+            processes,
+        )
+        # A record too late for its partition (behind the watermark by more than the
+        # allowed lateness) is dead-lettered by the scorer, not the ingest.
+        late = purchase("ev-late", "bad-c0", (start_at - timedelta(days=2)).isoformat())
+        with EventProducer(stack.kafka) as sdk:
+            sdk.send(late).get(timeout=20)
+        wait_until(
+            lambda: (
+                progress.done(f"{stack.prefix}-worker")
+                and progress.applied() == len(before) + len(after) + 1
+            ),
+            20,
+            "the late record handled",
+            processes,
+        )
+    finally:
+        progress.close()
+
+    reader = TopicReader(stack, stack.topics.deadletter)
+    try:
+        letters = [orjson.loads(r.value) for r in reader.read(5.0)]
+    finally:
+        reader.close()
+    by_reason = {letter["reason"]: letter for letter in letters}
+    assert {*bad, "too_late"} == set(by_reason)
+    assert len(bad) + 1 == len(letters)
+    for reason, original in bad.items():
+        letter = by_reason[reason]
+        assert "ingest" == letter["stage"]
+        assert stack.topics.for_event("purchase") == letter["source"]["topic"]
+        assert original == original_of(letter)
+        assert letter["message"]
+    assert "scoring" == by_reason["too_late"]["stage"]
+    assert stack.topics.events == by_reason["too_late"]["source"]["topic"]
+    last_seen: dict[str, datetime] = {}
+    for value in [*before, *after]:
+        event = parse_event(value)
+        last_seen[event.customer_id] = max(event.ts, last_seen.get(event.customer_id, event.ts))
+    for customer, expected in last_seen.items():
+        state = stack.state(customer)
+        assert state is not None, customer
+        assert expected == state.last_activity_at, customer
+
+    samples = scrape(worker.metrics_port)
+    for topic in [*stack.topics.ingest_topics(), stack.topics.events]:
+        consumed = counter(samples, "churnwatch_records_consumed_total", topic=topic)
+        handled = (
+            counter(samples, "churnwatch_records_processed_total", topic=topic)
+            + counter(samples, "churnwatch_records_duplicates_total", topic=topic)
+            + counter(samples, "churnwatch_records_dead_lettered_total", topic=topic)
+        )
+        assert consumed == handled, topic
+    ingest_dead = Counter(
+        {
+            dict(labels)["reason"]: value
+            for (name, labels), value in samples.items()
+            if name == "churnwatch_records_dead_lettered_total"
+            and dict(labels)["topic"] == stack.topics.for_event("purchase")
+        }
+    )
+    assert Counter(dict.fromkeys(bad, 1.0)) == ingest_dead
+    assert len(before) + len(after) == counter(
+        samples, "churnwatch_records_processed_total", topic=stack.topics.events
+    )
+
+
+def original_of(letter: dict[str, Any]) -> bytes:
+    return base64.b64decode(letter["original_b64"])
+
+
+# -- the ingest merge, without a broker ------------------------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, **_: Any) -> Any:
+        self.sent.append(value)
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _login(n: int, hour: int) -> bytes:
+    return good_event(n, "merge-c1", datetime(2026, 3, 1, hour, tzinfo=UTC))
+
+
+def _purchase(n: int, hour: int) -> bytes:
+    return orjson.dumps(purchase(f"ev-p{n}", "merge-c1", f"2026-03-01T{hour:02d}:00:00Z"))
+
+
+def test_the_ingest_forwards_the_ingest_topics_merged_in_event_time() -> None:
+    """
+    Records of several ingest topics are forwarded in event-time order: a topic that has not
+    caught up is waited for, at most `ingest_idle_seconds`.
+    """
+    kafka = KafkaSettings(partitions=1, topic_prefix="merge.")
+    topics = kafka.topics()
+    login, buy = topics.for_event("login"), topics.for_event("purchase")
+    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0)
+    highwaters = {(login, 0): 2, (buy, 0): 2}
+    clock, sink = _Clock(), _Sink()
+    acked: list[int] = []
+    ingestor = Ingestor(
+        settings,
+        sink=sink,
+        metrics=Metrics(CollectorRegistry()),
+        topics=topics,
+        assigned=lambda: set(highwaters),
+        highwater=lambda t, p: highwaters.get((t, p), 0),
+        start_offset=lambda _t, _p: 0,
+        clock=clock,
+    )
+
+    async def ack(records: Sequence[Record]) -> None:
+        acked.extend(r.offset for r in records)
+
+    def rec(topic: str, offset: int, value: bytes) -> Record:
+        return Record(topic, 0, offset, b"merge-c1", value)
+
+    async def scenario() -> None:
+        await ingestor.handle([rec(buy, 0, _purchase(0, 10)), rec(buy, 1, _purchase(1, 12))], ack)
+        assert [] == sink.sent  # the login topic has records it has not delivered yet
+        await ingestor.handle([rec(login, 0, _login(0, 9)), rec(login, 1, _login(1, 11))], ack)
+        assert [_login(0, 9), _purchase(0, 10), _login(1, 11), _purchase(1, 12)] == sink.sent
+        # The login topic stalls with records pending: the purchase waits, then goes alone.
+        highwaters[(login, 0)] = 5
+        highwaters[(buy, 0)] = 3
+        await ingestor.handle([rec(buy, 2, _purchase(2, 13))], ack)
+        assert 4 == len(sink.sent)
+        clock.now += 5.0
+        await ingestor.tick(ack)
+        assert _purchase(2, 13) == sink.sent[-1]
+
+    asyncio.run(scenario())
+    assert [0, 0, 1, 1, 2] == acked
