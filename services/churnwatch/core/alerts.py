@@ -9,6 +9,7 @@ at a clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -128,10 +129,14 @@ RuleStates = Mapping[str, RuleState]
 _IDLE: Final = RuleState()
 
 
+@functools.lru_cache(maxsize=256)
+def _days(days: float) -> timedelta:
+    """`timedelta(days=days)`, built once per value (the rules' windows and cooldowns)."""
+    return timedelta(days=days)
+
+
 def _cooling(state: RuleState, *, at: datetime, cooldown_days: float) -> bool:
-    return state.last_fired_at is not None and at - state.last_fired_at < timedelta(
-        days=cooldown_days
-    )
+    return state.last_fired_at is not None and at - state.last_fired_at < _days(cooldown_days)
 
 
 def _fire(state: RuleState, at: datetime) -> RuleState:
@@ -196,7 +201,7 @@ def evaluate_decline(
     if anchor_score is None or anchor_at is None:
         return changed, decisions
     for rule in rules.decline_rules:
-        if at - anchor_at > timedelta(days=rule.within_days):
+        if at - anchor_at > _days(rule.within_days):
             continue
         if rule.below is not None and score >= rule.below:
             continue
@@ -234,7 +239,7 @@ def evaluate_event(
         state = states.get(rule.name, _IDLE)
         hits = state.hits
         if rule.count > 1 and rule.within_days is not None:
-            window = timedelta(days=rule.within_days)
+            window = _days(rule.within_days)
             hits = tuple(sorted(h for h in (*hits, at) if at - window < h <= at + window))
             hits = hits[-rule.count :]
             recent = [h for h in hits if at - window < h <= at]

@@ -8,7 +8,7 @@ clock: the event's `ts`, the watermark and the sweep's due time are the only tim
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal, Protocol
 
@@ -25,7 +25,7 @@ from churnwatch.core.labels import (
     resolve_on_silence,
 )
 from churnwatch.core.model import ModelConfig, blend, engagement_score, model_weight
-from churnwatch.core.rules import RulesFile, prior_points, route, rules_fingerprint, segment_of
+from churnwatch.core.rules import PriorPlan, RulesFile, route, rules_fingerprint
 from churnwatch.core.state import Anchor, CustomerState
 
 _DAY: Final = timedelta(days=1)
@@ -58,12 +58,42 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the per-event path reads of the rules and the config, read once per policy."""
+
+    prior: PriorPlan
+    checkpoints: tuple[timedelta, ...]
+    horizon: timedelta
+    inactivity_days: float
+    gap_multiple: float
+    inactivity_after: timedelta
+    """`timedelta(days=inactivity.days)`: the inactivity rule's time for most customers."""
+
+    @classmethod
+    def build(cls, rules: RulesFile, config: EngineConfig) -> _Plan:
+        inactivity = rules.inactivity
+        return cls(
+            prior=PriorPlan.build(rules),
+            checkpoints=tuple(config.silence_checkpoints),
+            horizon=config.horizon,
+            inactivity_days=inactivity.days,
+            gap_multiple=inactivity.gap_multiple,
+            inactivity_after=timedelta(days=inactivity.days),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The rules, their version and the engine config: everything a decision depends on."""
 
     rules: RulesFile
     rules_version: str
     config: EngineConfig
+    plan: _Plan = field(init=False, repr=False, compare=False)
+    """Derived from `rules` and `config` when the policy is built; read by the hot path."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", _Plan.build(self.rules, self.config))
 
     @classmethod
     def build(cls, rules: RulesFile, config: EngineConfig | None = None) -> Policy:
@@ -169,42 +199,74 @@ def score_at(
         The feature vector and the scoring. Customers still onboarding (rules file,
         `onboarding`) are scored by the onboarding profile alone: cold start is explicit.
     """
-    cfg = policy.config
-    x = feats.vector(features, at=at, config=cfg.features)
-    prior = prior_points(policy.rules, x, texts=False)
-    weight = 0.0 if prior.onboarding else model_weight(model.n_labels, cfg.model)
-    prior_factors: dict[str, float] = {}
-    for hit in prior.hits:
-        prior_factors[hit.feature] = prior_factors.get(hit.feature, 0.0) - hit.points / 100.0
-    model_p: float | None = None
-    p = prior.churn_probability
-    if weight > 0.0:
-        model_p = model.score_one(x)
-        p = blend(prior.churn_probability, model_p, n_labels=model.n_labels, config=cfg.model)
-    scoring = Scoring(
-        at=at,
-        churn_probability=p,
-        score=engagement_score(p),
-        prior_probability=prior.churn_probability,
-        model_probability=model_p,
-        model_weight=weight,
-        onboarding=prior.onboarding,
-        segment=segment_of(policy.rules, x["ltv"]),
-        prior_factors=prior_factors,
-        model_version=model.version,
-    )
+    x, scoring, _ = _score(features, at, model, policy, explained=False)
     return x, scoring
 
 
-def factors_of(scoring: Scoring, x: Mapping[str, float], model: ModelView) -> dict[str, float]:
+_Explained = tuple[float, dict[str, float]]
+"""`ModelView.explain_one(x)`: the model's probability and the features' contributions."""
+
+
+def _score(
+    features: feats.Features, at: datetime, model: ModelView, policy: Policy, *, explained: bool
+) -> tuple[dict[str, float], Scoring, _Explained | None]:
+    """
+    `score_at`; with `explained`, the model's part comes from `explain_one` (the same
+    probability as `score_one`, with the contributions that `factors_of` needs besides).
+    """
+    cfg = policy.config
+    prior = policy.plan.prior
+    x = feats.vector(features, at=at, config=cfg.features)
+    # The plan's prior is `prior_points(rules, x, texts=False)`, with the prior's factors
+    # (`-points / 100` per matched feature) summed in the same order.
+    prior_p, onboarding, prior_factors = prior.evaluate(x)
+    n_labels = model.n_labels
+    weight = 0.0 if onboarding else model_weight(n_labels, cfg.model)
+    model_p: float | None = None
+    p = prior_p
+    parts: _Explained | None = None
+    if weight > 0.0:
+        if explained:
+            parts = model.explain_one(x)
+            model_p = parts[0]
+        else:
+            model_p = model.score_one(x)
+        if 0.0 <= model_p <= 1.0:
+            # `blend` inlined (the prior is in [0, 1] by construction): the same expression
+            # with the same weight.
+            p = (1.0 - weight) * prior_p + weight * model_p
+        else:
+            p = blend(prior_p, model_p, n_labels=n_labels, config=cfg.model)  # raises
+    scoring = Scoring(
+        at=at,
+        churn_probability=p,
+        score=round(100.0 * (1.0 - p), 2) if 0.0 <= p <= 1.0 else engagement_score(p),
+        prior_probability=prior_p,
+        model_probability=model_p,
+        model_weight=weight,
+        onboarding=onboarding,
+        segment=prior.segment_of(x["ltv"]),
+        prior_factors=prior_factors,
+        model_version=model.version,
+    )
+    return x, scoring, parts
+
+
+def factors_of(
+    scoring: Scoring,
+    x: Mapping[str, float],
+    model: ModelView,
+    explained: _Explained | None = None,
+) -> dict[str, float]:
     """
     Every feature's signed share of the scoring's churn probability: the model's part (its
     contributions to the logit, turned into probability) and the prior's part (its points),
     weighted as the blend weighs them. Computed only where it is shown: alerts and anchors.
+    `explained` is `model.explain_one(x)` when the caller has it already.
     """
     model_factors: dict[str, float] = {}
     if scoring.model_weight > 0.0 and scoring.model_probability is not None:
-        model_p, contributions = model.explain_one(x)
+        model_p, contributions = model.explain_one(x) if explained is None else explained
         model_factors = explain.model_factors(model_p, contributions)
     return explain.blend_factors(model_factors, scoring.prior_factors, weight=scoring.model_weight)
 
@@ -215,19 +277,26 @@ def _avg_purchase_gap_days(f: feats.Features) -> float:
     return (f.last_purchase_day - f.first_purchase_day) / (f.purchase_count - 1)
 
 
+def _inactive_at(last: datetime, features: feats.Features, plan: _Plan) -> datetime:
+    """
+    `alerts.inactivity_due_at` for this customer, with the rule's usual delay built once.
+    """
+    days = plan.gap_multiple * _avg_purchase_gap_days(features)
+    # max(rule.days, gap_multiple * gap), as inactivity_due_at takes it: the rule's own days
+    # unless the customer's usual gap makes the silence longer.
+    if days > plan.inactivity_days:
+        return last + timedelta(days=days)
+    return last + plan.inactivity_after
+
+
 def _rescore_points(state: CustomerState, policy: Policy) -> list[datetime]:
     """The sweep's re-scoring times in the current silence: checkpoints and the inactivity rule."""
     last = state.last_activity_at
     if last is None or state.cancelled_at is not None:
         return []
-    points = [last + c for c in policy.config.silence_checkpoints]
-    points.append(
-        al.inactivity_due_at(
-            last,
-            avg_purchase_gap_days=_avg_purchase_gap_days(state.features),
-            rules=policy.rules,
-        )
-    )
+    plan = policy.plan
+    points = [last + c for c in plan.checkpoints]
+    points.append(_inactive_at(last, state.features, plan))
     return points
 
 
@@ -236,35 +305,71 @@ def next_due_at(state: CustomerState, policy: Policy) -> datetime | None:
     The next event time at which the sweep has work for this customer (a silence checkpoint,
     the inactivity rule, or a snapshot whose horizon runs out), or None.
     """
-    after = state.swept_at or state.last_activity_at
+    return _next_due(state, policy.plan)
+
+
+def _next_due(state: CustomerState, plan: _Plan) -> datetime | None:
+    # The earliest of the rescore points and the pending snapshots' expiries after `after`;
+    # among equal times the first in that order, as min() over them would pick.
+    last = state.last_activity_at
+    after = state.swept_at
     if after is None:
-        return None
-    horizon = policy.config.horizon
-    candidates = [t for t in _rescore_points(state, policy) if t > after]
-    candidates.extend(s.taken_at + horizon for s in state.pending if s.taken_at + horizon > after)
-    return min(candidates) if candidates else None
-
-
-def _reference(state: CustomerState) -> Anchor | None:
-    return state.anchor or state.next_anchor
+        if last is None:
+            return None
+        after = last
+    best: datetime | None = None
+    if last is not None and state.cancelled_at is None:
+        for c in plan.checkpoints:
+            t = last + c
+            if t > after and (best is None or t < best):
+                best = t
+        # _inactive_at(last, state.features, plan), inlined: this runs a few times per event.
+        f = state.features
+        first_purchase, last_purchase = f.first_purchase_day, f.last_purchase_day
+        if f.purchase_count < 2 or first_purchase is None or last_purchase is None:
+            t = last + plan.inactivity_after
+        else:
+            days = plan.gap_multiple * ((last_purchase - first_purchase) / (f.purchase_count - 1))
+            if days > plan.inactivity_days:
+                t = last + timedelta(days=days)
+            else:
+                t = last + plan.inactivity_after
+        if t > after and (best is None or t < best):
+            best = t
+    pending = state.pending
+    if pending:
+        horizon = plan.horizon
+        for snap in pending:
+            t = snap.taken_at + horizon
+            if t > after and (best is None or t < best):
+                best = t
+    return best
 
 
 def _decide(
-    state: CustomerState,
+    customer_id: str,
+    rule_states: dict[str, al.RuleState],
+    anchor: Anchor | None,
+    next_anchor: Anchor | None,
     scoring: Scoring,
     x: Mapping[str, float],
     extra: list[al.Decision],
     extra_states: Mapping[str, al.RuleState],
     *,
     model: ModelView,
+    explained: _Explained | None,
     emitted_at: datetime,
     policy: Policy,
-) -> tuple[CustomerState, list[al.AlertRecord]]:
-    """Apply a scoring: score and decline rules, the given extra decisions, anchors, alerts."""
+) -> tuple[list[al.AlertRecord], Anchor | None, Anchor | None]:
+    """
+    Apply a scoring: score and decline rules, the given extra decisions, anchors, alerts.
+
+    `rule_states` (the caller's own copy of the customer's) is updated in place; returns the
+    alerts and the new anchors.
+    """
     rules = policy.rules
     at = scoring.at
-    ref = _reference(state)
-    rule_states = dict(state.rules)
+    ref = anchor if anchor is not None else next_anchor
     rule_states.update(extra_states)
     changed, decisions = al.evaluate_score(
         rule_states, score=scoring.score, segment=scoring.segment, at=at, rules=rules
@@ -281,9 +386,10 @@ def _decide(
     rule_states.update(changed)
     records: list[al.AlertRecord] = []
     fired = [*extra, *decisions, *declines]
-    anchor, next_anchor = state.anchor, state.next_anchor
-    capture = next_anchor is None or scoring.at - next_anchor.at >= policy.config.anchor_every
-    factors = factors_of(scoring, x, model) if fired or capture else {}
+    capture = _captures(next_anchor, at, policy)
+    if not (fired or capture):
+        return records, anchor, next_anchor
+    factors = factors_of(scoring, x, model, explained)
     change = None if ref is None else round(scoring.churn_probability - ref.churn_probability, 4)
     for decision in fired:
         items = explain.reasons(
@@ -295,8 +401,8 @@ def _decide(
         )
         records.append(
             al.AlertRecord(
-                alert_id=al.alert_id_for(state.customer_id, decision.rule, decision.decided_at),
-                customer_id=state.customer_id,
+                alert_id=al.alert_id_for(customer_id, decision.rule, decision.decided_at),
+                customer_id=customer_id,
                 rule=decision.rule,
                 severity=decision.severity,
                 action=route(
@@ -318,18 +424,12 @@ def _decide(
     if capture:
         current = Anchor(scoring.at, scoring.score, scoring.churn_probability, factors)
         anchor, next_anchor = (anchor, current) if next_anchor is None else (next_anchor, current)
-    state = replace(
-        state,
-        scored_at=at,
-        score=scoring.score,
-        churn_probability=scoring.churn_probability,
-        segment=scoring.segment,
-        rules=rule_states,
-        alerts=state.alerts + len(records),
-        anchor=anchor,
-        next_anchor=next_anchor,
-    )
-    return state, records
+    return records, anchor, next_anchor
+
+
+def _captures(next_anchor: Anchor | None, at: datetime, policy: Policy) -> bool:
+    """Whether a scoring at `at` becomes the next anchor (and so needs its factors)."""
+    return next_anchor is None or at - next_anchor.at >= policy.config.anchor_every
 
 
 def sweep_one(
@@ -359,37 +459,112 @@ def sweep_one(
     """
     records: list[al.AlertRecord] = []
     examples: list[Example] = []
+    state, scoring = _sweep(state, until, inclusive, model_for, policy, records, examples)
+    outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
+    return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
+
+
+def _sweep(
+    state: CustomerState,
+    until: datetime,
+    inclusive: bool,
+    model_for: ModelFor,
+    policy: Policy,
+    records: list[al.AlertRecord],
+    examples: list[Example],
+    first_due: datetime | None = None,
+) -> tuple[CustomerState, Scoring | None]:
+    """
+    `sweep_one`, appending its alerts and examples to the caller's lists; `first_due` is
+    `_next_due(state)` where the caller has it already.
+    """
+    plan = policy.plan
+    horizon = plan.horizon
+    checkpoints = plan.checkpoints
     scoring: Scoring | None = None
-    horizon = policy.config.horizon
+    known_due = first_due
     while True:
-        due = next_due_at(state, policy)
+        due = _next_due(state, plan) if known_due is None else known_due
+        known_due = None
         if due is None or due > until or (due == until and not inclusive):
             break
         pending, expired = resolve_on_silence(
             state.customer_id, state.pending, watermark=due, horizon=horizon
         )
         examples.extend(expired)
-        state = replace(state, pending=pending, swept_at=due)
         last = state.last_activity_at
-        if due not in _rescore_points(state, policy) or last is None:
+        # The rescore points of `_rescore_points`: none once cancelled.
+        inactive_at = None
+        if last is not None and state.cancelled_at is None:
+            inactive_at = _inactive_at(last, state.features, plan)
+        if (
+            last is None
+            or inactive_at is None
+            or (due != inactive_at and all(due != last + c for c in checkpoints))
+        ):
+            state = CustomerState(
+                customer_id=state.customer_id,
+                features=state.features,
+                last_activity_at=last,
+                swept_at=due,
+                scored_at=state.scored_at,
+                score=state.score,
+                churn_probability=state.churn_probability,
+                segment=state.segment,
+                anchor=state.anchor,
+                next_anchor=state.next_anchor,
+                pending=pending,
+                last_sample_at=state.last_sample_at,
+                rules=state.rules,
+                seen=state.seen,
+                cancelled_at=state.cancelled_at,
+                alerts=state.alerts,
+            )
             continue
         model = model_for(due)
-        x, scoring = score_at(state.features, at=due, model=model, policy=policy)
+        explained = _captures(state.next_anchor, due, policy)
+        x, scoring, parts = _score(state.features, due, model, policy, explained=explained)
         extra: list[al.Decision] = []
         extra_states: dict[str, al.RuleState] = {}
-        inactive_at = al.inactivity_due_at(
-            last, avg_purchase_gap_days=_avg_purchase_gap_days(state.features), rules=policy.rules
-        )
         if due == inactive_at:
             extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
-        if due - last in policy.config.silence_checkpoints:
-            state = replace(state, pending=(*state.pending, Snapshot(due, "silence", x)))
-        state, made = _decide(
-            state, scoring, x, extra, extra_states, model=model, emitted_at=due, policy=policy
+        if due - last in checkpoints:
+            pending = (*pending, Snapshot(due, "silence", x))
+        rule_states = dict(state.rules)
+        made, anchor, next_anchor = _decide(
+            state.customer_id,
+            rule_states,
+            state.anchor,
+            state.next_anchor,
+            scoring,
+            x,
+            extra,
+            extra_states,
+            model=model,
+            explained=parts,
+            emitted_at=due,
+            policy=policy,
         )
         records.extend(made)
-    outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
-    return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
+        state = CustomerState(
+            customer_id=state.customer_id,
+            features=state.features,
+            last_activity_at=last,
+            swept_at=due,
+            scored_at=due,
+            score=scoring.score,
+            churn_probability=scoring.churn_probability,
+            segment=scoring.segment,
+            anchor=anchor,
+            next_anchor=next_anchor,
+            pending=pending,
+            last_sample_at=state.last_sample_at,
+            rules=rule_states,
+            seen=state.seen,
+            cancelled_at=state.cancelled_at,
+            alerts=state.alerts + len(made),
+        )
+    return state, scoring
 
 
 def process_event(
@@ -423,36 +598,38 @@ def process_event(
     cfg = policy.config
     records: list[al.AlertRecord] = []
     examples: list[Example] = []
-    if state.last_activity_at is not None and event.ts > state.last_activity_at:
-        caught = sweep_one(
-            state, until=event.ts, model_for=model_for, policy=policy, inclusive=False
-        )
-        state = caught.state
-        records.extend(caught.alerts)
-        examples.extend(caught.examples)
-
+    ts = event.ts
     previous = state.last_activity_at
-    last = event.ts if previous is None else max(previous, event.ts)
+    if previous is not None and ts > previous:
+        due = _next_due(state, policy.plan)
+        if due is not None and due < ts:  # the silence before this event has work in it
+            state = _sweep(state, ts, False, model_for, policy, records, examples, due)[0]
+            previous = state.last_activity_at
+
+    # max(previous, ts), which keeps `previous` on a tie
+    last = ts if previous is None or ts > previous else previous
     features = feats.update_one(state.features, event, config=cfg.features)
     rule_states = dict(state.rules)
-    if event.type == "cancel":
-        examples.extend(resolve_on_cancel(state.customer_id, state.pending, at=event.ts))
+    is_cancel = event.type == "cancel"
+    if is_cancel:
+        examples.extend(resolve_on_cancel(state.customer_id, state.pending, at=ts))
         pending: tuple[Snapshot, ...] = ()
-        cancelled_at: datetime | None = event.ts
+        cancelled_at: datetime | None = ts
     else:
         pending, resolved = resolve_on_activity(
-            state.customer_id, state.pending, at=event.ts, horizon=cfg.horizon
+            state.customer_id, state.pending, at=ts, horizon=cfg.horizon
         )
         examples.extend(resolved)
         cancelled_at = None
         rule_states.update(al.rearm_inactivity(rule_states, rules=policy.rules))
 
     model = model_for(last)
-    x, scoring = score_at(features, at=last, model=model, policy=policy)
+    explained = _captures(state.next_anchor, last, policy)
+    x, scoring, parts = _score(features, last, model, policy, explained=explained)
     extra: list[al.Decision] = []
     extra_states: dict[str, al.RuleState] = {}
     last_sample_at = state.last_sample_at
-    if event.type != "cancel":
+    if not is_cancel:
         extra_states, extra = al.evaluate_event(rule_states, event, rules=policy.rules)
         kind: Literal["sample", "event"] = "event"
         resampled = any(s.taken_at == last and s.kind == "sample" for s in pending)
@@ -464,20 +641,40 @@ def process_event(
 
     seen_floor = _days(watermark)
     seen = {eid: day for eid, day in state.seen.items() if day >= seen_floor}
-    seen[event.event_id] = _days(event.ts)
-    state = replace(
-        state,
+    seen[event.event_id] = _days(ts)
+    if len(seen) > 1:
+        seen = dict(sorted(seen.items()))
+    made, anchor, next_anchor = _decide(
+        state.customer_id,
+        rule_states,
+        state.anchor,
+        state.next_anchor,
+        scoring,
+        x,
+        extra,
+        extra_states,
+        model=model,
+        explained=parts,
+        emitted_at=watermark,
+        policy=policy,
+    )
+    records.extend(made)
+    state = CustomerState(
+        customer_id=state.customer_id,
         features=features,
         last_activity_at=last,
         swept_at=last if previous is None or last > previous else state.swept_at,
+        scored_at=scoring.at,
+        score=scoring.score,
+        churn_probability=scoring.churn_probability,
+        segment=scoring.segment,
+        anchor=anchor,
+        next_anchor=next_anchor,
         pending=pending,
         last_sample_at=last_sample_at,
         rules=rule_states,
-        seen=dict(sorted(seen.items())),
+        seen=seen,
         cancelled_at=cancelled_at,
+        alerts=state.alerts + len(made),
     )
-    state, made = _decide(
-        state, scoring, x, extra, extra_states, model=model, emitted_at=watermark, policy=policy
-    )
-    records.extend(made)
     return StepResult(state, "processed", tuple(records), tuple(examples), scoring)

@@ -52,10 +52,12 @@ def blend_factors(
     """
     The factors of the blended probability: `weight` of the model's, the rest of the prior's.
     """
-    names = set(model) | set(prior)
     out: dict[str, float] = {}
-    for name in sorted(names):
-        value = weight * model.get(name, 0.0) + (1 - weight) * prior.get(name, 0.0)
+    rest = 1 - weight
+    model_get = model.get
+    prior_get = prior.get
+    for name in sorted({*model, *prior}):
+        value = weight * model_get(name, 0.0) + rest * prior_get(name, 0.0)
         if value != 0.0:
             out[name] = value
     return out

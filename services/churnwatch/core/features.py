@@ -39,6 +39,7 @@ import orjson
 
 from churnwatch.core.errors import ConfigError
 from churnwatch.core.events import (
+    EPOCH,
     CancelEvent,
     Event,
     LoginEvent,
@@ -47,7 +48,6 @@ from churnwatch.core.events import (
     Severity,
     TicketEvent,
     TicketStatus,
-    to_days,
 )
 
 _DAY: Final = timedelta(days=1)
@@ -249,7 +249,7 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
     Returns:
         The new state. Redelivered events are not detected here: callers skip duplicates.
     """
-    ts = to_days(event.ts)
+    ts = (event.ts - EPOCH) / _DAY  # to_days(event.ts)
     last_event = features.last_event_day
     if last_event is None or ts > last_event:
         last_event = ts
@@ -300,8 +300,12 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
     if isinstance(event, LoginEvent):
         if last_login is None or ts > last_login:
             last_login = ts
-        login_short += _decay(age, short)
-        login_long += _decay(age, long)
+        if age == 0.0:  # _decay inlined for the commonest event: 1.0 at age 0
+            login_short += 1.0
+            login_long += 1.0
+        else:
+            login_short += math.exp(-age / short)
+            login_long += math.exp(-age / long)
     elif isinstance(event, PurchaseEvent):
         if last_purchase is None or ts > last_purchase:
             last_purchase = ts
@@ -336,32 +340,33 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
     if tickets and ref != f.ref_day and not isinstance(event, TicketEvent):
         tickets = _prune(tickets, ref, config)
 
-    # One constructor call: dataclasses.replace would cost more than the update itself.
+    # One constructor call, positional in the fields' order: dataclasses.replace, or keywords,
+    # would cost more than the update itself.
     return Features(
-        ref_day=ref,
-        last_event_day=last_event,
-        first_day=first,
-        last_login_day=last_login,
-        last_purchase_day=last_purchase,
-        first_purchase_day=first_purchase,
-        last_ticket_day=last_ticket,
-        last_return_day=last_return,
-        login_short=login_short,
-        login_long=login_long,
-        purchase_short=purchase_short,
-        purchase_long=purchase_long,
-        spend_long=spend_long,
-        ticket_load=ticket_load,
-        return_long=return_long,
-        csat_low=csat_low,
-        event_count=f.event_count + 1,
-        purchase_count=purchase_count,
-        return_count=return_count,
-        purchase_amount=purchase_amount,
-        return_amount=return_amount,
-        csat_sum=csat_sum,
-        csat_count=csat_count,
-        tickets=tickets,
+        ref,  # ref_day
+        last_event,  # last_event_day
+        first,  # first_day
+        last_login,  # last_login_day
+        last_purchase,  # last_purchase_day
+        first_purchase,  # first_purchase_day
+        last_ticket,  # last_ticket_day
+        last_return,  # last_return_day
+        login_short,
+        login_long,
+        purchase_short,
+        purchase_long,
+        spend_long,
+        ticket_load,
+        return_long,
+        csat_low,
+        f.event_count + 1,  # event_count
+        purchase_count,
+        return_count,
+        purchase_amount,
+        return_amount,
+        csat_sum,
+        csat_count,
+        tickets,
     )
 
 
@@ -448,7 +453,7 @@ def vector(
     Returns:
         A dict with exactly the keys of `FEATURE_NAMES`, in that order.
     """
-    now = to_days(at)
+    now = (at - EPOCH) / _DAY  # to_days(at)
     last_event = features.last_event_day
     if last_event is not None and now < last_event:
         now = last_event
@@ -461,6 +466,8 @@ def vector(
     ref = features.ref_day
     if ref is None:
         e_short = e_long = e_p_short = e_p_long = 1.0  # every sum is zero anyway
+    elif now == ref:
+        e_short = e_long = e_p_short = e_p_long = 1.0  # math.exp(-0.0 / tau) is exactly 1.0
     else:
         elapsed = now - ref
         e_short = math.exp(-elapsed / short)
@@ -484,8 +491,22 @@ def vector(
             if ticket.opened_day < oldest_open:
                 oldest_open = ticket.opened_day
 
+    # _since and _trend inlined (the same comparisons: min(a, b) is b only when b < a).
+    days_since: list[float] = []
+    for then in (
+        last_event,
+        features.last_login_day,
+        features.last_purchase_day,
+        features.last_ticket_day,
+        features.last_return_day,
+    ):
+        if then is None:
+            days_since.append(never)
+        else:
+            since = now - then
+            days_since.append(never if never < since else since)
     purchase_count = features.purchase_count
-    days_since_purchase = _since(now, features.last_purchase_day, never)
+    days_since_purchase = days_since[2]
     avg_gap = 0.0
     gap_ratio = 0.0
     first_purchase = features.first_purchase_day
@@ -499,19 +520,31 @@ def vector(
     ltv = max(features.purchase_amount - features.return_amount, 0.0)
     csat_count = features.csat_count
     first = features.first_day
+    if login_rate_long < _TINY_RATE:
+        login_trend = 1.0
+    else:
+        login_trend = login_rate_short / login_rate_long
+        if login_trend > _TREND_MAX:
+            login_trend = _TREND_MAX
+    if purchase_rate_long < _TINY_RATE:
+        purchase_trend = 1.0
+    else:
+        purchase_trend = purchase_rate_short / purchase_rate_long
+        if purchase_trend > _TREND_MAX:
+            purchase_trend = _TREND_MAX
 
     return {
-        "days_since_event": _since(now, last_event, never),
-        "days_since_login": _since(now, features.last_login_day, never),
+        "days_since_event": days_since[0],
+        "days_since_login": days_since[1],
         "days_since_purchase": days_since_purchase,
-        "days_since_ticket": _since(now, features.last_ticket_day, never),
-        "days_since_return": _since(now, features.last_return_day, never),
+        "days_since_ticket": days_since[3],
+        "days_since_return": days_since[4],
         "login_rate_short": login_rate_short,
         "login_rate_long": login_rate_long,
-        "login_trend": _trend(login_rate_short, login_rate_long),
+        "login_trend": login_trend,
         "purchase_rate_short": purchase_rate_short,
         "purchase_rate_long": purchase_rate_long,
-        "purchase_trend": _trend(purchase_rate_short, purchase_rate_long),
+        "purchase_trend": purchase_trend,
         "spend_rate_long": features.spend_long * e_p_long / p_long,
         "ticket_load": features.ticket_load * e_short / short,
         "return_rate": features.return_long * e_p_long / p_long,

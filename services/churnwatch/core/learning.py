@@ -48,13 +48,17 @@ class Curriculum:
 
     length: timedelta
     partitions: int
-    _heap: list[tuple[datetime, str, datetime, Example]] = field(default_factory=list)
+    _heap: list[tuple[datetime, str, datetime, str, Example]] = field(default_factory=list)
+    """(resolved_at, customer_id, taken_at, example_id, example): the learning order, then
+    the id (computed once); no two entries share the first three."""
     _ids: set[str] = field(default_factory=set)
     _learned: dict[str, datetime] = field(default_factory=dict)
     _watermarks: dict[int, datetime] = field(default_factory=dict)
     _next: int | None = None
     duplicates: int = 0
     late: int = 0
+    _next_at: tuple[int, datetime] | None = None
+    """`_next` and its boundary, computed once per epoch (advance runs at every record)."""
 
     def add(self, example: Example) -> bool:
         """
@@ -69,7 +73,7 @@ class Curriculum:
             self.late += 1
         self._ids.add(key)
         heapq.heappush(
-            self._heap, (example.resolved_at, example.customer_id, example.taken_at, example)
+            self._heap, (example.resolved_at, example.customer_id, example.taken_at, key, example)
         )
         return True
 
@@ -99,9 +103,12 @@ class Curriculum:
             start = min(low, self._heap[0][0]) if self._heap else low
             self._next = epoch_of(start, self.length) + 1
         released: list[tuple[int, list[Example]]] = []
-        while boundary(self._next, self.length) <= low:
-            released.append((self._next, self._pop_before(boundary(self._next, self.length))))
+        if self._next_at is None or self._next_at[0] != self._next:
+            self._next_at = (self._next, boundary(self._next, self.length))
+        while self._next_at[1] <= low:
+            released.append((self._next, self._pop_before(self._next_at[1])))
             self._next += 1
+            self._next_at = (self._next, boundary(self._next, self.length))
         if released:
             # Remember what was learned for two epochs, to recognise late redeliveries.
             forget = boundary(self._next - 3, self.length)
@@ -111,15 +118,15 @@ class Curriculum:
     def _pop_before(self, bound: datetime) -> list[Example]:
         out: list[Example] = []
         while self._heap and self._heap[0][0] < bound:
-            example = heapq.heappop(self._heap)[3]
-            self._ids.discard(example.example_id)
-            self._learned[example.example_id] = example.resolved_at
+            _, _, _, key, example = heapq.heappop(self._heap)
+            self._ids.discard(key)
+            self._learned[key] = example.resolved_at
             out.append(example)
         return out
 
     def drain(self) -> list[Example]:
         """Everything still buffered, in learning order (the end of a replay)."""
-        out = [item[3] for item in sorted(self._heap, key=lambda item: item[:3])]
+        out = [item[4] for item in sorted(self._heap, key=lambda item: item[:3])]
         self._heap.clear()
         self._ids.clear()
         return out

@@ -30,18 +30,22 @@ from __future__ import annotations
 import copy as _copy
 import copyreg
 import dataclasses
+import functools
 import hashlib
 import io
 import math
+import operator
 import pickle
 import random
 import struct
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from river import compose, linear_model, optim, preprocessing, proba
+from river import utils as river_utils
+from river.utils import math as river_math
 
 from churnwatch.core.errors import ConfigError, ModelFormatError
 
@@ -176,6 +180,188 @@ def _pickle(state: object) -> bytes:
     return buffer.getvalue()
 
 
+def _learn_logreg(steps: tuple[Any, Any], xt: dict[str, float], label: bool) -> None:
+    """
+    `Pipeline.learn_one(xt, label)` of StandardScaler | LogisticRegression in one pass: River's
+    own Welford update of the scaler (`StandardScaler.learn_one`, the same operations in the
+    same order on the same dicts, so the same bits and the same key order), the scaled values
+    as `StandardScaler.transform_one` gives them after it, then the regression's `learn_one`.
+    `_fast_learning_agrees` checks it against River itself once per process.
+    """
+    scaler, model = steps
+    counts = scaler.counts
+    means = scaler.means
+    vars_ = scaler.vars
+    scaled: dict[str, float] = {}
+    for i, xi in xt.items():
+        count = counts[i] + 1  # counts[i] += 1 (a Counter: 0 when missing)
+        counts[i] = count
+        old_mean = means[i]
+        mean = old_mean + (xi - old_mean) / count
+        means[i] = mean
+        var = vars_[i]
+        var = var + ((xi - old_mean) * (xi - mean) - var) / count
+        vars_[i] = var
+        scaled[i] = (xi - mean) / var**0.5 if var else 0.0
+    _learn_regression(model, scaled, label)
+
+
+def _values_getter(
+    names: tuple[str, ...],
+) -> Callable[[Mapping[str, float]], tuple[float | None, ...]]:
+    """`lambda x: tuple(x[name] for name in names)`, done by operator.itemgetter."""
+    if len(names) == 1:
+        single = operator.itemgetter(names[0])
+        return lambda x: (single(x),)
+    if not names:
+        return lambda x: ()
+    getter: Callable[[Mapping[str, float]], tuple[float | None, ...]] = operator.itemgetter(*names)
+    return getter
+
+
+def _part_at_zero(mean: float, std: float, weight: float) -> float | None:
+    """`weight * ((v - mean) / std)` for v = 0.0 (log1p(0.0) is 0.0), if it is the same for -0.0."""
+    positive = weight * ((0.0 - mean) / std)
+    negative = weight * ((-0.0 - mean) / std)
+    if positive == negative and math.copysign(1.0, positive) == math.copysign(1.0, negative):
+        return positive
+    return None
+
+
+def _chain(digest: bytes, label: bool, xt: dict[str, float], names: tuple[str, ...]) -> bytes:
+    """The version's hash after learning one example: the label and every known feature's
+    prepared value (NaN where missing), chained onto the hash so far."""
+    if len(xt) == len(names):  # every name, in `names` order (xt is built in it)
+        packed = _pack(len(names)).pack(label, *xt.values())
+    else:
+        values = [xt.get(name, math.nan) for name in names]
+        packed = _pack(len(values)).pack(label, *values)
+    return hashlib.blake2b(digest + packed, digest_size=16).digest()
+
+
+def _predict_learn_logreg(
+    steps: tuple[Any, Any],
+    x: Mapping[str, float],
+    names: tuple[str, ...],
+    use_log: bool,
+    label: bool,
+) -> tuple[dict[str, float], dict[bool, float]]:
+    """
+    `Scorer._prepare(x)`, then the pipeline's `predict_proba_one`, then `_learn_logreg`, in
+    one pass over the features: the scaled value for the prediction is taken from the
+    scaler's statistics before they are updated, exactly as the separate calls would; the
+    regression predicts before it learns. Every known name has statistics in the scaler.
+
+    Returns:
+        The prepared features and the prediction made before learning.
+    """
+    scaler, model = steps
+    counts = scaler.counts
+    means = scaler.means
+    vars_ = scaler.vars
+    log1p = math.log1p
+    get = x.get
+    xt: dict[str, float] = {}
+    before: dict[str, float] = {}
+    after: dict[str, float] = {}
+    for i in names:
+        raw = get(i)
+        if raw is None:
+            continue
+        xi = raw if type(raw) is float else float(raw)
+        if xi - xi != 0.0:  # not finite
+            continue
+        if use_log and xi != 0.0:  # log1p(+-0.0) is +-0.0
+            xi = log1p(xi) if xi >= 0 else -log1p(-xi)
+        xt[i] = xi
+        var = vars_[i]
+        old_mean = means[i]
+        # StandardScaler.transform_one, before learning
+        before[i] = (xi - old_mean) / var**0.5 if var else 0.0
+        # StandardScaler.learn_one, then transform_one
+        count = counts[i] + 1
+        counts[i] = count
+        mean = old_mean + (xi - old_mean) / count
+        means[i] = mean
+        var = var + ((xi - old_mean) * (xi - mean) - var) / count
+        vars_[i] = var
+        after[i] = (xi - mean) / var**0.5 if var else 0.0
+    proba = _predict_proba(model, before)
+    _learn_regression(model, after, label)
+    return xt, proba
+
+
+def _predict_proba(model: Any, x: dict[str, float]) -> dict[bool, float]:
+    """`LogisticRegression.predict_proba_one(x)`: River's own steps, without its dispatch."""
+    p = river_math.sigmoid(model._weights.dot(x) + model.intercept)
+    return {False: 1.0 - p, True: p}
+
+
+def _learn_regression(model: Any, x: dict[str, float], label: bool) -> None:
+    """
+    `LogisticRegression.learn_one(x, label)` (SGD at a constant rate, the log loss, no L1):
+    River's own steps in River's order (GLM.learn_one, _fit, _eval_gradient_one and
+    SGD.step), on River's own vectors, without the dispatch between them.
+    """
+    weights = model._weights
+    masked: Any = river_utils.VectorDict(weights, model.initializer, x)  # _enter_learn_mode(x)
+    model._weights = masked
+    try:
+        optimizer = model.optimizer
+        loss_gradient = model.loss.gradient(y_true=label, y_pred=masked.dot(x) + model.intercept)
+        loss_gradient *= 1.0  # the sample weight
+        clip = model.clip_gradient
+        loss_gradient = float(max(min(loss_gradient, clip), -clip))
+        gradient = river_utils.VectorDict.from_scaled(x, loss_gradient)
+        if model.l2:
+            gradient.iadd_scaled(masked, model.l2)
+        model.intercept -= model.intercept_lr.get(optimizer.n_iterations) * loss_gradient
+        masked.isub_scaled(gradient, optimizer.lr.get(optimizer.n_iterations))
+        optimizer.n_iterations += 1
+    finally:
+        model._weights = weights  # _exit_learn_mode
+
+
+@functools.cache
+def _fast_learning_agrees() -> bool:
+    """
+    Whether `_learn_logreg` leaves a pipeline exactly as River's own `Pipeline.learn_one` does
+    (the same pickle, so the same bits and the same key order), checked once per process on a
+    few made-up examples; if a River release changes its arithmetic, the fast path turns off.
+    """
+    config = ModelConfig()
+    examples = [
+        ({"a": 1.5, "b": 0.0, "c": -2.25}, True),
+        ({"a": 0.25, "b": 3.0, "c": 0.0}, False),
+        ({"a": 1.5, "b": 0.0, "c": 7.0}, True),
+        ({"a": -4.0, "b": 0.125, "c": 1.0}, False),
+    ]
+    reference = _build_pipeline(config)
+    fast = _build_pipeline(config)
+    fused = _build_pipeline(config)
+    for pipeline in (reference, fast, fused):
+        # builds River's plan, as Scorer.learn_one's first call does
+        pipeline.learn_one(*examples[0])
+    steps = (fast.steps["scale"], fast.steps["model"])
+    fused_steps = (fused.steps["scale"], fused.steps["model"])
+    names = tuple(sorted(examples[0][0]))
+    for x, label in examples[1:]:
+        expected = reference.predict_proba_one(x)
+        reference.learn_one(x, label)
+        _learn_logreg(steps, dict(x), label)
+        xt, proba = _predict_learn_logreg(fused_steps, x, names, False, label)
+        if proba != expected or xt != x:
+            return False
+    reference_bytes = _pickle(reference)
+    return _pickle(fast) == reference_bytes and _pickle(fused) == reference_bytes
+
+
+@functools.cache
+def _pack(n: int) -> struct.Struct:
+    """The layout of one learned example in the version's hash: the label, then n values."""
+    return struct.Struct(f"<?{n}d")
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -198,6 +384,13 @@ class _Linear:
     """0.0 where the variance is 0 (River then maps the feature to 0)."""
     weights: tuple[float, ...]
     intercept: float
+    terms: tuple[tuple[str, float, float, float, float | None], ...]
+    """(name, mean, std, weight, part at 0) of every feature whose std is not 0, in `names`
+    order (a feature with std 0 adds exactly 0.0 to the logit: nothing, but the sign of a
+    zero). The part of a value of 0 (the commonest value: no tickets, no returns...) is
+    computed once; None where +0.0 and -0.0 would give parts that differ in sign."""
+    values_of: Callable[[Mapping[str, float]], tuple[float | None, ...]]
+    """The values of the terms' names in a mapping, as a tuple, in their order."""
 
     @classmethod
     def build(cls, pipeline: Any, names: tuple[str, ...]) -> _Linear:
@@ -211,27 +404,51 @@ class _Linear:
             means.append(scaler.means.get(name, 0.0))
             stds.append(var**0.5 if var else 0.0)
             ws.append(weights.get(name, 0.0))
-        return cls(names, tuple(means), tuple(stds), tuple(ws), float(model.intercept))
+        terms = tuple(
+            (name, mean, std, weight, _part_at_zero(mean, std, weight))
+            for name, mean, std, weight in zip(names, means, stds, ws, strict=True)
+            if std
+        )
+        return cls(
+            names,
+            tuple(means),
+            tuple(stds),
+            tuple(ws),
+            float(model.intercept),
+            terms,
+            _values_getter(tuple(term[0] for term in terms)),
+        )
 
     def explain(
         self, x: Mapping[str, float], use_log: bool, *, want: bool
     ) -> tuple[float, dict[str, float]]:
+        # The per-event path: every operation below is the one River does, in the same order
+        # (`weight * ((value - mean) / std)` summed onto the intercept in `names` order), so
+        # the result does not change in the last bit; only the bookkeeping around it is lean.
         parts: dict[str, float] = {}
         z = self.intercept
-        get = x.get
         log1p = math.log1p
-        for name, mean, std, weight in zip(
-            self.names, self.means, self.stds, self.weights, strict=True
-        ):
-            raw = get(name)
+        terms = self.terms
+        values: tuple[float | None, ...] | None = None
+        if type(x) is dict:  # a plain dict: no __missing__ to call (or to add keys)
+            try:
+                values = self.values_of(x)  # every name at once; KeyError if one is missing
+            except KeyError:
+                values = None
+        if values is None:
+            values = tuple(x.get(term[0]) for term in terms)
+        for raw, (name, mean, std, weight, at_zero) in zip(values, terms, strict=True):
             if raw is None:
                 continue
-            value = float(raw)
-            if not math.isfinite(value):
-                continue
-            if use_log:
-                value = log1p(value) if value >= 0 else -log1p(-value)
-            part = weight * ((value - mean) / std) if std else 0.0
+            if raw == 0.0 and at_zero is not None:
+                part = at_zero  # log1p(0.0) == 0.0: the same operations on the same values
+            else:
+                value = raw if type(raw) is float else float(raw)
+                if value - value != 0.0:  # not finite (NaN or infinite)
+                    continue
+                if use_log:
+                    value = log1p(value) if value >= 0 else -log1p(-value)
+                part = weight * ((value - mean) / std)
             z += part
             if want:
                 parts[name] = part
@@ -254,7 +471,16 @@ class Scorer:
     change the scorer.
     """
 
-    __slots__ = ("_compiled", "_config", "_digest", "_known", "_n_labels", "_names", "_pipeline")
+    __slots__ = (
+        "_compiled",
+        "_config",
+        "_digest",
+        "_known",
+        "_n_labels",
+        "_names",
+        "_pipeline",
+        "_version",
+    )
 
     def __init__(self, config: ModelConfig = DEFAULT_CONFIG) -> None:
         self._config = config
@@ -268,6 +494,7 @@ class Scorer:
         # A chained hash of the config and every learned example: the `version`.
         self._digest = _initial_digest(config)
         self._compiled: _Linear | None = None
+        self._version: str | None = None  # `version`, built on first use after each change
 
     @property
     def config(self) -> ModelConfig:
@@ -291,24 +518,37 @@ class Scorer:
         The hash chains the config and every learned example, so two scorers that forked from
         one checkpoint and then learned different examples have different versions.
         """
-        return f"{self._config.kind}-{self._n_labels}-{self._digest.hex()[:12]}"
+        version = self._version
+        if version is None:
+            version = f"{self._config.kind}-{self._n_labels}-{self._digest.hex()[:12]}"
+            self._version = version
+        return version
 
     def _prepare(self, x: Mapping[str, float]) -> dict[str, float]:
         """
         The known features of `x`, in sorted order, non-finite values dropped, transformed.
         """
-        use_log = self._config.log1p
+        get = x.get
         out: dict[str, float] = {}
+        if self._config.log1p:
+            log1p = math.log1p
+            for name in self._names:
+                raw = get(name)
+                if raw is None:
+                    continue
+                value = raw if type(raw) is float else float(raw)
+                if value == 0.0:
+                    out[name] = value  # log1p(+-0.0) is +-0.0
+                elif value - value == 0.0:  # finite
+                    out[name] = log1p(value) if value >= 0 else -log1p(-value)
+            return out
         for name in self._names:
-            raw = x.get(name)
+            raw = get(name)
             if raw is None:
                 continue
-            value = float(raw)
-            if not math.isfinite(value):
-                continue
-            if use_log:
-                value = math.log1p(value) if value >= 0 else -math.log1p(-value)
-            out[name] = value
+            value = raw if type(raw) is float else float(raw)
+            if value - value == 0.0:  # finite
+                out[name] = value
         return out
 
     def predict_one(self, x: Mapping[str, float]) -> float:
@@ -350,10 +590,45 @@ class Scorer:
             # predict_proba_one (sizing its feature subspaces from that input), so a predict
             # before any learn would change the model; this keeps predicting read-only.
             return 0.5
-        proba = self._pipeline.predict_proba_one(xt)
+        steps = self._logreg_steps()
+        if steps is None:
+            proba = self._pipeline.predict_proba_one(xt)
+        else:
+            # What Pipeline.predict_proba_one does (no learning during predict), minus its
+            # dispatch.
+            proba = _predict_proba(steps[1], steps[0].transform_one(xt))
         total = sum(proba.values())
         p = proba.get(True, 0.0) / total if total > 0 else 0.5
         return min(max(p, _EPS), 1.0 - _EPS)
+
+    def _logreg_steps(self) -> tuple[Any, Any] | None:
+        """
+        The scaler and the logistic regression of a `logreg` pipeline that has learned (so
+        River has built its execution plan, which is part of the pickled state), for the
+        fast path of `_learn_logreg`; None wherever the pipeline must run itself.
+        """
+        pipeline = self._pipeline
+        if (
+            self._config.kind != "logreg"
+            or pipeline._plan is None
+            or compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT
+            or not _fast_learning_agrees()
+        ):
+            return None
+        steps = pipeline.steps
+        scaler = steps["scale"]
+        model = steps["model"]
+        if (
+            not scaler.with_std
+            or scaler.window_size is not None
+            or type(model.optimizer) is not optim.SGD
+            or type(model.optimizer.lr) is not optim.schedulers.Constant
+            or type(model.intercept_lr) is not optim.schedulers.Constant
+            or type(model.loss) is not optim.losses.Log
+            or model.l1 != 0
+        ):
+            return None
+        return scaler, model
 
     def learn_one(self, x: Mapping[str, float], churned: bool) -> None:
         """
@@ -363,24 +638,60 @@ class Scorer:
             x: the features of the snapshot the label belongs to; `x` is not changed.
             churned: True when the customer churned within the label horizon.
         """
+        self._learn_prepared(x, None, churned)
+
+    def predict_learn_one(self, x: Mapping[str, float], churned: bool) -> float:
+        """
+        `predict_one(x)`, then `learn_one(x, churned)`: progressive validation's step (predict
+        before learn), preparing the features once where the model's names do not change.
+
+        Returns:
+            The prediction made before learning.
+        """
+        steps = self._logreg_steps() if self._n_labels else None
+        if steps is None or not self._known.issuperset(x):
+            xt = self._prepare(x)
+            p = self._predict_prepared(xt)
+            self._learn_prepared(x, xt, churned)
+            return p
+        # The names stay as they are: prepare, predict and learn in one pass.
+        label = bool(churned)
+        xt, proba = _predict_learn_logreg(steps, x, self._names, self._config.log1p, label)
+        self._compiled = None
+        self._version = None
+        self._n_labels += 1
+        self._digest = _chain(self._digest, label, xt, self._names)
+        total = sum(proba.values())
+        p = proba.get(True, 0.0) / total if total > 0 else 0.5
+        return min(max(p, _EPS), 1.0 - _EPS)
+
+    def _learn_prepared(
+        self, x: Mapping[str, float], xt: dict[str, float] | None, churned: bool
+    ) -> None:
         known = self._known
         # A name joins the model with its first finite value, so every known name has
         # statistics in the scaler (whose dicts would otherwise grow while predicting).
-        new = [name for name, value in x.items() if name not in known and math.isfinite(value)]
-        if new:
-            self._names = tuple(sorted({*self._names, *new}))
-            self._known = frozenset(self._names)
-            self._digest = hashlib.blake2b(
-                self._digest + "\x1f".join(self._names).encode(), digest_size=16
-            ).digest()
-        xt = self._prepare(x)
+        if not known.issuperset(x):
+            new = [name for name, value in x.items() if name not in known and math.isfinite(value)]
+            if new:
+                self._names = tuple(sorted({*self._names, *new}))
+                self._known = frozenset(self._names)
+                self._digest = hashlib.blake2b(
+                    self._digest + "\x1f".join(self._names).encode(), digest_size=16
+                ).digest()
+                xt = None  # prepared with the old names
+        if xt is None:
+            xt = self._prepare(x)
         label = bool(churned)
         self._compiled = None
-        self._pipeline.learn_one(xt, label)
+        self._version = None
+        steps = self._logreg_steps()
+        if steps is None:
+            self._pipeline.learn_one(xt, label)
+        else:
+            _learn_logreg(steps, xt, label)
         self._n_labels += 1
-        values = [xt.get(name, math.nan) for name in self._names]
-        packed = struct.pack(f"<?{len(values)}d", label, *values)
-        self._digest = hashlib.blake2b(self._digest + packed, digest_size=16).digest()
+        self._digest = _chain(self._digest, label, xt, self._names)
 
     def contributions(self, x: Mapping[str, float]) -> dict[str, float]:
         """
@@ -511,6 +822,7 @@ class Scorer:
             scorer._known = frozenset(scorer._names)
             scorer._digest = bytes(state["digest"])
             scorer._compiled = None
+            scorer._version = None
         except (
             pickle.UnpicklingError,
             AttributeError,
@@ -541,6 +853,7 @@ class Scorer:
         twin._known = self._known
         twin._digest = self._digest
         twin._compiled = None
+        twin._version = self._version
         return twin
 
     def __repr__(self) -> str:
@@ -619,7 +932,7 @@ class ProgressiveValidation:
     and cached until the next `update`; `update` itself is O(1).
     """
 
-    __slots__ = ("_auc", "_count", "_examples", "_log_loss", "_stale", "window")
+    __slots__ = ("_auc", "_auc_stale", "_count", "_examples", "_log_loss", "_stale", "window")
 
     def __init__(self, window: int = 5000) -> None:
         if window < 1:
@@ -629,6 +942,7 @@ class ProgressiveValidation:
         self._examples: deque[tuple[float, bool]] = deque(maxlen=window)
         self._count = 0
         self._stale = True
+        self._auc_stale = True
         self._auc: float | None = None
         self._log_loss: float | None = None
 
@@ -646,28 +960,32 @@ class ProgressiveValidation:
         self._examples.append((float(probability), bool(churned)))
         self._count += 1
         self._stale = True
+        self._auc_stale = True
 
     def _refresh(self) -> None:
+        # The log loss; the AUC has its own cache (`auc`), each is computed only when read.
         if not self._stale:
             return
         self._stale = False
         examples = self._examples
         if not examples:
-            self._auc = self._log_loss = None
+            self._log_loss = None
             return
-        losses = []
-        for p, y in examples:
-            q = min(max(p, _LOSS_EPS), 1.0 - _LOSS_EPS)
-            losses.append(-math.log(q if y else 1.0 - q))
+        log = math.log
+        low, high = _LOSS_EPS, 1.0 - _LOSS_EPS
+        losses = [
+            -log(q if y else 1.0 - q) for q, y in ((min(max(p, low), high), y) for p, y in examples)
+        ]
         self._log_loss = math.fsum(losses) / len(losses)
-        self._auc = _exact_auc(examples)
 
     @property
     def auc(self) -> float | None:
         """
         ROC AUC over the window; None until both classes are in it.
         """
-        self._refresh()
+        if self._auc_stale:
+            self._auc_stale = False
+            self._auc = _exact_auc(self._examples) if self._examples else None
         return self._auc
 
     @property
@@ -705,19 +1023,18 @@ def _exact_auc(examples: deque[tuple[float, bool]] | list[tuple[float, bool]]) -
     negatives = len(examples) - positives
     if positives == 0 or negatives == 0:
         return None
-    ordered = sorted(examples)
+    # Each distinct score, in ascending order, is one group of ties: positions i .. j-1 of
+    # the sorted scores, where each positive gets the average rank (i + 1 + j) / 2. (A group
+    # without positives adds 0.0, which changes nothing.)
+    sizes = Counter(p for p, _ in examples)
+    tied = Counter(p for p, y in examples if y)
     rank_sum = 0.0
-    n = len(ordered)
     i = 0
-    while i < n:
-        # positions i .. j-1 share one score: each gets the average rank (i + 1 + j) / 2
-        score = ordered[i][0]
-        j = i
-        tied_positives = 0
-        while j < n and ordered[j][0] == score:
-            tied_positives += ordered[j][1]
-            j += 1
-        rank_sum += tied_positives * (i + 1 + j) / 2.0
+    for score in sorted(sizes):
+        j = i + sizes[score]
+        tied_positives = tied.get(score, 0)
+        if tied_positives:
+            rank_sum += tied_positives * (i + 1 + j) / 2.0
         i = j
     u = rank_sum - positives * (positives + 1) / 2.0
     return u / (positives * negatives)

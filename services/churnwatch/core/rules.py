@@ -892,6 +892,110 @@ def prior_points(rules: RulesFile, x: Mapping[str, float], *, texts: bool = True
     return PriorResult(score, (100.0 - score) / 100.0, onboarding, tuple(hits))
 
 
+_Point = tuple[str, bool, float, float, float]
+"""A point rule for the per-event path: feature, above (else below), threshold, points, and
+the points as a share of the probability (`points / 100.0`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriorPlan:
+    """
+    `prior_points` and `segment_of` for the per-event path: the rules read once into flat
+    tuples, the same comparisons and the same arithmetic in the same order, no texts and no
+    `PointHit`s. Build it once per rules file (`PriorPlan.build`).
+    """
+
+    max_tenure_days: float
+    min_events: int
+    onboarding_base: float
+    onboarding_points: tuple[_Point, ...]
+    base: float
+    points: tuple[_Point, ...]
+    segments: tuple[tuple[float, str], ...]
+    """(min_ltv, name) from the top; the last is the catch-all."""
+
+    @classmethod
+    def build(cls, rules: RulesFile) -> PriorPlan:
+        def flat(points: tuple[PointRule, ...]) -> tuple[_Point, ...]:
+            return tuple(
+                (
+                    rule.feature,
+                    rule.above is not None,
+                    rule.threshold,
+                    rule.points,
+                    rule.points / 100.0,
+                )
+                for rule in points
+            )
+
+        onboarding = rules.onboarding
+        return cls(
+            max_tenure_days=onboarding.max_tenure_days,
+            min_events=onboarding.min_events,
+            onboarding_base=onboarding.base,
+            onboarding_points=flat(onboarding.points),
+            base=rules.prior.base,
+            points=flat(rules.prior.points),
+            segments=tuple((segment.min_ltv, segment.name) for segment in rules.segments),
+        )
+
+    def evaluate(self, x: Mapping[str, float]) -> tuple[float, bool, dict[str, float]]:
+        """
+        What `prior_points(rules, x, texts=False)` gives, in the form scoring uses.
+
+        Returns:
+            The churn probability, whether the onboarding profile was used, and the prior's
+            share of the probability per feature: `-points / 100` summed over the feature's
+            matched rules, in the order they matched.
+        """
+        onboarding = (
+            x.get("tenure_days", 0.0) < self.max_tenure_days
+            or x.get("event_count", 0.0) < self.min_events
+        )
+        if onboarding:
+            total, points = self.onboarding_base, self.onboarding_points
+        else:
+            total, points = self.base, self.points
+        factors: dict[str, float] = {}
+        get = x.get
+        for feature, above, threshold, value_points, share in points:
+            value = get(feature)
+            if value is None:
+                continue
+            if value > threshold if above else value < threshold:
+                total += value_points
+                factors[feature] = factors.get(feature, 0.0) - share
+        score = min(100.0, max(0.0, total))
+        return (100.0 - score) / 100.0, onboarding, factors
+
+    def churn_probability(self, x: Mapping[str, float]) -> float:
+        """`prior_points(rules, x).churn_probability`."""
+        onboarding = (
+            x.get("tenure_days", 0.0) < self.max_tenure_days
+            or x.get("event_count", 0.0) < self.min_events
+        )
+        if onboarding:
+            total, points = self.onboarding_base, self.onboarding_points
+        else:
+            total, points = self.base, self.points
+        get = x.get
+        for feature, above, threshold, value_points, _ in points:
+            value = get(feature)
+            if value is None:
+                continue
+            if value > threshold if above else value < threshold:
+                total += value_points
+        score = min(100.0, max(0.0, total))
+        return (100.0 - score) / 100.0
+
+    def segment_of(self, ltv: float) -> str:
+        """`segment_of(rules, ltv)`."""
+        for min_ltv, name in self.segments:
+            if ltv >= min_ltv:
+                return name
+        return self.segments[-1][1]
+
+
 def route(rules: RulesFile, *, segment: str, severity: str, rule: str) -> Action:
     """
     The action of the first route that matches the alert.

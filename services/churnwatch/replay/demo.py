@@ -13,7 +13,7 @@ from typing import IO
 
 from churnwatch.core.alerts import AlertRecord, alert_to_json
 from churnwatch.core.engine import Policy
-from churnwatch.replay.engine import Counts, DeadLetter, Replay
+from churnwatch.replay.engine import Counts, DeadLetter, Replay, batches, fewer_collections
 from churnwatch.replay.evaluation import AlertLog, ChurnTruth, Evaluation, evaluate
 from churnwatch.sim.simulator import SimConfig, Simulation
 
@@ -96,11 +96,15 @@ def run_demo(
     sim = Simulation(config)
     replay = Replay(policy, on_alert=on_alert, on_dead_letter=on_dead)
     stream: Iterator[bytes] = iter(records if records is not None else sim.records())
-    for i, raw in enumerate(stream, 1):
-        replay.feed(raw)
-        if progress is not None and i % 20_000 == 0:
-            progress(i)
-    replay.finish()
+    with fewer_collections():
+        fed = 0
+        for batch in batches(stream):
+            replay.feed_many(batch)
+            if progress is not None:  # at every 20,000 records
+                for mark in range((fed // 20_000 + 1) * 20_000, fed + len(batch) + 1, 20_000):
+                    progress(mark)
+            fed += len(batch)
+        replay.finish()
     if progress is not None:
         progress(replay.counts.consumed)
     truths = {
