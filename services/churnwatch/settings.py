@@ -31,7 +31,7 @@ class CoreSettings(BaseSettings):
     horizon_days: float = Field(default=30.0, gt=0, description="Label horizon H in days.")
     lateness_seconds: float = Field(default=3600.0, ge=0, description="Allowed lateness.")
     max_future_seconds: float = Field(
-        default=86400.0, gt=0, description="Reject events this far past the latest event time."
+        default=7 * 86400.0, gt=0, description="Reject events this far past the latest event time."
     )
     max_event_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted payload.")
     snapshot_every_days: float = Field(default=7.0, gt=0)

@@ -116,3 +116,22 @@ def test_partition_interleaving_does_not_change_the_result(records: list[bytes])
         c: to_dict(s) for c, s in b.states.items()
     }
     assert len(alerts_a) > 0
+
+
+def test_a_quiet_partition_accepts_what_comes_after_its_silence() -> None:
+    """
+    One customer active every few days: nothing is dead-lettered for being in the future,
+    while an event a year ahead is.
+    """
+    from datetime import UTC, datetime
+
+    from churnwatch.core.events import LoginEvent, event_to_json
+
+    def login(n: int, day: float) -> bytes:
+        at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day)
+        return event_to_json(LoginEvent(event_id=f"e{n}", type="login", customer_id="c1", ts=at))
+
+    records = [login(i, 3.5 * i) for i in range(10)] + [login(99, 400)]
+    engine, _ = replay(records)
+    assert 10 == engine.counts.processed
+    assert {"future_timestamp": 1} == dict(engine.counts.by_reason)

@@ -41,7 +41,7 @@ class EngineConfig:
     """Label horizon H: silent this long after a snapshot means churned."""
     lateness: timedelta = timedelta(hours=1)
     """Allowed lateness: the watermark is the largest event time seen less this."""
-    max_future: timedelta = timedelta(days=1)
+    max_future: timedelta = timedelta(days=7)
     """Events later than the largest event time seen plus this are rejected."""
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     snapshot_every: timedelta = timedelta(days=7)
@@ -151,28 +151,33 @@ class StepResult:
 
 
 def check_time(
-    ts: datetime, high_water: datetime | None, config: EngineConfig
+    ts: datetime,
+    high_water: datetime | None,
+    config: EngineConfig,
+    *,
+    latest: datetime | None = None,
 ) -> BadEventError | None:
     """
-    Whether an event's time fits its partition: not older than the watermark (the largest
-    event time seen less the allowed lateness), not later than the largest time seen plus
-    `max_future`. The first event of a partition sets its clock.
+    Whether an event's time fits: not older than its partition's watermark (the largest event
+    time seen in the partition less the allowed lateness), and not later than `latest` (the
+    largest event time seen anywhere, or the time the record was received) plus `max_future`.
+
+    The future check is not made against the partition alone: a partition that was quiet for
+    longer than `max_future` would otherwise reject every event after its silence.
 
     Returns:
         None when it fits, else the error to dead-letter it with (`too_late` or
         `future_timestamp`).
     """
-    if high_water is None:
-        return None
-    if ts < high_water - config.lateness:
+    if high_water is not None and ts < high_water - config.lateness:
         msg = (
             f"ts: {ts.isoformat()} is {high_water - ts} behind the partition, "
             f"more than the allowed lateness {config.lateness}"
         )
         return BadEventError(msg, reason="too_late", field="ts")
-    if ts > high_water + config.max_future:
+    if latest is not None and ts > latest + config.max_future:
         msg = (
-            f"ts: {ts.isoformat()} is {ts - high_water} ahead of the partition, "
+            f"ts: {ts.isoformat()} is {ts - latest} ahead of the latest event time seen, "
             f"more than the allowed {config.max_future}"
         )
         return BadEventError(msg, reason="future_timestamp", field="ts")

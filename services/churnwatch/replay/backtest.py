@@ -138,6 +138,8 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
             continue
         ts = event.ts
         times.append((ts - _EPOCH) // _MICRO)
+        if check_time(ts, None, cfg, latest=last) is not None:
+            continue
         pid = partition_of(event.customer_id, partitions)
         if check_time(ts, high.get(pid), cfg) is not None:
             continue

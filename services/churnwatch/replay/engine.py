@@ -121,6 +121,7 @@ class Replay:
         self.learner = scorer if scorer is not None else Scorer(policy.config.model)
         self.learn = learn
         self.states: dict[str, CustomerState] = {}
+        self._latest: datetime | None = None
         self._due: dict[str, int] = {}
         """Every scheduled customer's next due time (microseconds), as next_due_at gives it."""
         self._queued: dict[str, int] = {}
@@ -207,6 +208,15 @@ class Replay:
             return
         event = parsed
         cfg = self.policy.config
+        # Far in the future: judged against the latest event time of the input so far, as
+        # the ingest judges it against the latest it forwarded (a quiet partition must not
+        # reject what comes after its silence).
+        future = check_time(event.ts, None, cfg, latest=self._latest)
+        if future is not None:
+            self._dead(position, future, raw)
+            return
+        if self._latest is None or event.ts > self._latest:
+            self._latest = event.ts
         pid = partition_of(event.customer_id, self.partitions)
         part = self._parts[pid]
         if part.high_water is None and not part.queue:
