@@ -27,6 +27,12 @@ def _policy(settings: CoreSettings) -> Policy:
 @click.version_option(package_name="churnwatch")
 def main() -> None:
     """churnwatch: who is slipping, why, and early enough to act."""
+    import logging
+
+    # Long-running services set up their own logging; this makes the commands' warnings
+    # readable ("WARNING churnwatch.sdk.producer: producer.idempotence_unavailable").
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _population(command: Callable[..., None]) -> Callable[..., None]:
