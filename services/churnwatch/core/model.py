@@ -325,9 +325,11 @@ def _learn_regression(model: Any, x: dict[str, float], label: bool) -> None:
 @functools.cache
 def _fast_learning_agrees() -> bool:
     """
-    Whether `_learn_logreg` leaves a pipeline exactly as River's own `Pipeline.learn_one` does
-    (the same pickle, so the same bits and the same key order), checked once per process on a
-    few made-up examples; if a River release changes its arithmetic, the fast path turns off.
+    Whether the fast paths (`_learn_logreg`, `_predict_learn_logreg`, and the River steps they
+    call) predict and learn exactly as River's own `Pipeline.predict_proba_one` and
+    `Pipeline.learn_one` do: the same probabilities, and the same pickle after learning (so the
+    same bits and the same key order). Checked once per process on a few made-up examples; if
+    a River release changes its arithmetic or its internals, the fast paths turn off.
     """
     config = ModelConfig()
     examples = [
