@@ -35,8 +35,10 @@ install_debian_packages() {
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+    # the web page's browser tests (tests/integration/test_web.py, driven by playwright)
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        log "redis-server, redis-cli, prometheus, promtool: already installed"
+        log "redis-server, redis-cli, prometheus, promtool, chromium: already installed"
         return
     fi
     [[ "$(id -u)" -eq 0 ]] || die "need root to apt-get install: ${missing[*]}"
@@ -58,6 +60,10 @@ install_debian_packages() {
     export DEBIAN_FRONTEND=noninteractive
     quiet apt-get update -qq
     quiet apt-get install -y -qq --no-install-recommends redis-server redis-tools prometheus unzip
+    if [[ " ${unique[*]} " == *" chromium "* ]]; then
+        # with its recommends (fonts): the page is rendered for real
+        quiet apt-get install -y -qq chromium
+    fi
     if [[ ${made_policy} -eq 1 ]]; then
         rm -f "${policy}"
         trap - EXIT

@@ -352,6 +352,7 @@ def stack(action: str, args: tuple[str, ...]) -> None:
 
 
 def _register() -> None:
+    from churnwatch.api.commands import register as register_api
     from churnwatch.notify.commands import register as register_notify
     from churnwatch.replay.commands import register as register_replay
     from churnwatch.sdk.commands import register as register_sdk
@@ -361,6 +362,7 @@ def _register() -> None:
     register_stream(main)
     register_notify(main)
     register_replay(main)
+    register_api(main)
 
 
 _register()

@@ -179,6 +179,27 @@ class Metrics:
             registry=r,
         )
 
+        # The at-risk API and feedback (issue 7).
+        self.api_requests = Counter(
+            "churnwatch_api_requests_total",
+            "API requests by route and HTTP status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "churnwatch_feedback_total",
+            "Verdicts given on alerts through this process, by verdict and whether it changed "
+            "the stored one (a repeated verdict is stored once).",
+            ["verdict", "changed"],
+            registry=r,
+        )
+        self.alert_verdicts = Gauge(
+            "churnwatch_alert_verdicts",
+            "Alerts carrying each verdict, by rule, as stored (read from Redis at each scrape).",
+            ["rule", "verdict"],
+            registry=r,
+        )
+
     def prime_topic(self, topic: str) -> None:
         """
         Makes a consumed topic's counters appear at 0 before its first record, so rate() and

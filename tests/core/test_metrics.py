@@ -40,6 +40,9 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "churnwatch_published": ("counter", ("topic",)),
     "churnwatch_rejected": ("counter", ("reason",)),
     "churnwatch_notifications": ("counter", ("action", "outcome")),
+    "churnwatch_api_requests": ("counter", ("route", "status")),
+    "churnwatch_feedback": ("counter", ("verdict", "changed")),
+    "churnwatch_alert_verdicts": ("gauge", ("rule", "verdict")),
 }
 
 
@@ -65,6 +68,9 @@ def touch_every_metric(metrics: Metrics) -> None:
     metrics.published.labels("events.login").inc()
     metrics.rejected.labels("oversize").inc()
     metrics.notifications.labels("email", "sent").inc()
+    metrics.api_requests.labels("/api/v1/at-risk", "200").inc()
+    metrics.feedback.labels("useful", "yes").inc()
+    metrics.alert_verdicts.labels("gone_quiet", "useful").set(1)
 
 
 @pytest.fixture

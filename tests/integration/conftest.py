@@ -185,3 +185,19 @@ def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
         keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:
             redis_client.delete(*keys)
+
+
+@pytest.fixture
+def api_site(redis_url: str, redis_prefix: str) -> Iterator[Any]:
+    """
+    The at-risk API on a free loopback port over a Redis prefix seeded from a replay of 120
+    simulated customers (tests/integration/api_support.py); stopped after the test.
+    """
+    from api_support import ApiSite
+
+    site = ApiSite(redis_url, redis_prefix)
+    site.start()
+    try:
+        yield site
+    finally:
+        site.close()

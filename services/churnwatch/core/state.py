@@ -176,3 +176,15 @@ def _must(at: datetime | None) -> datetime:
         msg = "customer state: a required time is missing"
         raise ValueError(msg)
     return at
+
+
+def risk_change(state: CustomerState) -> float | None:
+    """
+    How far the churn probability moved since the anchor (one to two weeks back; the next
+    anchor while there is none yet): the change that alerts and reasons explain. None before
+    the customer has a score and an anchor.
+    """
+    ref = state.anchor if state.anchor is not None else state.next_anchor
+    if ref is None or state.churn_probability is None:
+        return None
+    return round(state.churn_probability - ref.churn_probability, 4)

@@ -46,6 +46,7 @@ from churnwatch.core.engine import Policy, Scoring, StepResult, check_time, fact
 from churnwatch.core.errors import BadEventError, ChurnwatchError
 from churnwatch.core.events import format_ts, parse_event
 from churnwatch.core.features import FEATURE_NAMES
+from churnwatch.core.feedback import FeedbackTally, RuleFeedback, VerdictRecord
 from churnwatch.core.model import model_weight
 from churnwatch.core.partitioning import partition_of
 from churnwatch.core.state import CustomerState
@@ -398,6 +399,7 @@ class _Recorder:
         self.rows: array[float] = array("d")
         self.labels: array[int] = array("b")
         self.muted = False
+        self.feedback: FeedbackTally | None = None
 
     def muted_twin(self) -> _Recorder:
         """A recorder that records nothing: the fork's callbacks (bound to it) do nothing."""
@@ -410,6 +412,8 @@ class _Recorder:
             return
         self.log.add(alert.customer_id, alert.rule, alert.action, alert.event_ts)
         self.by_rule_action[alert.rule, alert.action] += 1
+        if self.feedback is not None:
+            self.feedback.add(alert)
         kept = self.examples.setdefault(alert.rule, [])
         if len(kept) < 3 and alert.reasons:
             kept.append(alert)
@@ -574,6 +578,9 @@ class BacktestResult:
     compare: CompareResult | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    feedback: tuple[list[RuleFeedback], int] | None = None
+    """The false-alarm rate per rule from CSMs' verdicts, and the verdicts that matched no
+    alert of this backtest; None when no verdicts were given."""
 
 
 # -- measures -------------------------------------------------------------------------------
@@ -836,6 +843,7 @@ def run_backtest(
     compare: tuple[Policy, str] | None = None,
     events_name: str = "events",
     progress: Callable[[int], None] | None = None,
+    verdicts: Mapping[str, VerdictRecord] | None = None,
 ) -> BacktestResult:
     """
     Replay a history through the core and measure it.
@@ -853,6 +861,8 @@ def run_backtest(
         compare: another policy and its name: replayed over the same history, alerts compared.
         events_name: the history's name, for the report.
         progress: called now and then with the records replayed so far.
+        verdicts: CSMs' verdicts on production alerts (`churnwatch feedback --export`), joined
+            to this backtest's alerts by alert id for the false-alarm rate per rule.
 
     Raises:
         ChurnwatchError: no valid event, or a cut-off outside the history.
@@ -871,6 +881,8 @@ def run_backtest(
     at_micros = (at - _EPOCH) // _MICRO
     trajectories = Trajectories() if budget is not None and policy.rules.score_rules else None
     recorder = _Recorder(cutoff_at=at, alerts_out=alerts_out, trajectories=trajectories)
+    if verdicts is not None:
+        recorder.feedback = FeedbackTally(verdicts)
     main = Replay(
         policy, partitions=partitions, on_alert=recorder.on_alert, on_step=recorder.on_step
     )
@@ -1051,4 +1063,5 @@ def run_backtest(
         compare=compared,
         seconds=time.perf_counter() - started,
         notes=notes,
+        feedback=None if recorder.feedback is None else recorder.feedback.result(),
     )

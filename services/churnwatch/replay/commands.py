@@ -90,6 +90,14 @@ def _policy(rules_file: Path | None) -> tuple[Policy, CoreSettings, str, str]:
     help="Which alerts count against the budget: those routed to csm_task, or all.",
 )
 @click.option("--no-sweep", is_flag=True, help="Skip the threshold sweep.")
+@click.option(
+    "--verdicts",
+    "verdicts_file",
+    type=_EVENTS,
+    default=None,
+    help="CSMs' verdicts on production alerts (`churnwatch feedback --export FILE`): the "
+    "report gives the false-alarm rate per rule.",
+)
 @click.option("--partitions", default=None, type=int, help="Mirror this many topic partitions.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def backtest(
@@ -104,6 +112,7 @@ def backtest(
     alerts_per_csm: float,
     budget_counts: str,
     no_sweep: bool,
+    verdicts_file: Path | None,
     partitions: int | None,
     quiet: bool,
 ) -> None:
@@ -133,6 +142,12 @@ def backtest(
     try:
         cutoff = parse_as_of(as_of) if as_of else None
         labels = read_labels(labels_file) if labels_file else None
+        verdicts = None
+        if verdicts_file is not None:
+            from churnwatch.core.feedback import parse_verdicts
+
+            with verdicts_file.open("rb") as lines:
+                verdicts = parse_verdicts(lines, source=str(verdicts_file))
         progress = nullcontext(None) if quiet else progress_counter(err, "backtesting")
         with progress as update:
             result = run_backtest(
@@ -148,6 +163,7 @@ def backtest(
                 compare=compare,
                 events_name=str(events),
                 progress=update,
+                verdicts=verdicts,
             )
     except ChurnwatchError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -142,6 +142,10 @@ class Replay:
         self._on_step = on_step
 
     # -- models per epoch -------------------------------------------------------------
+    def checkpoints(self) -> dict[int, Scorer]:
+        """The newest checkpoints by epoch (as the learner would have stored them)."""
+        return dict(self._checkpoints)
+
     def model_for(self, at: datetime) -> ModelView:
         """The checkpoint to score at `at`: the previous epoch's, or the newest before it."""
         wanted = scoring_epoch(at, self.policy.config.model_epoch)

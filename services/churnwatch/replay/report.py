@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from churnwatch.core.events import format_ts
+from churnwatch.core.feedback import VERDICTS, RuleFeedback
 from churnwatch.replay.backtest import SCORE_BINS, BacktestResult, write_scores
 from churnwatch.replay.baselines import TOP_SHARES, RankingMeasures
 from churnwatch.replay.evaluation import Evaluation
@@ -152,6 +153,12 @@ def metrics(result: BacktestResult) -> dict[str, Any]:
         "notes": r.notes,
         "seconds": _r(r.seconds, 2),
     }
+    if r.feedback is not None:
+        entries, unmatched = r.feedback
+        out["feedback"] = {
+            "rules": [e.to_dict() for e in entries],
+            "verdicts_matching_no_alert": unmatched,
+        }
     if r.sweep is not None:
         s = r.sweep
         out["sweep"] = {
@@ -348,8 +355,28 @@ def render_terminal(console: Console, result: BacktestResult) -> None:
                 console.print(
                     f"  {side}: {e.customer_id} {e.rule} at {format_ts(e.first_at)} ({churned})"
                 )
+    if r.feedback is not None:
+        _render_feedback(console, *r.feedback)
     for note in r.notes:
         console.print(f"[yellow]note[/yellow]: {note}")
+
+
+def _render_feedback(console: Console, entries: list[RuleFeedback], unmatched: int) -> None:
+    table = Table(
+        title=f"CSM verdicts on these alerts ({unmatched} verdicts matched no alert)",
+        header_style="bold",
+    )
+    for column in ("rule", "alerts", "judged", *VERDICTS, "false-alarm rate"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for e in entries:
+        table.add_row(
+            e.rule,
+            str(e.alerts),
+            str(e.judged),
+            *(str(e.counts.get(v, 0)) for v in VERDICTS),
+            _f(e.false_alarm_rate, ".1%"),
+        )
+    console.print(table)
 
 
 def _render_sweep(console: Console, rs: RuleSweep, budget: float) -> None:
@@ -613,6 +640,19 @@ def render_html(result: BacktestResult) -> str:
     ]
     for note in r.notes:
         out.append(f"<p class=note>Note: {html.escape(note)}</p>")
+    if r.feedback is not None:
+        entries, unmatched = r.feedback
+        out.append(
+            "<h2>CSM verdicts: false alarms per rule</h2><table><tr><th>rule</th>"
+            "<th>alerts</th><th>judged</th><th>false alarms</th><th>false-alarm rate</th></tr>"
+        )
+        for e in entries:
+            out.append(
+                f"<tr><td>{html.escape(e.rule)}</td><td>{e.alerts}</td><td>{e.judged}</td>"
+                f"<td>{e.counts.get('false_alarm', 0)}</td>"
+                f"<td>{_f(e.false_alarm_rate, '.1%')}</td></tr>"
+            )
+        out.append(f"</table><p>{unmatched} verdicts matched no alert of this backtest.</p>")
 
     out.append("<h2>Does the score rank churners?</h2>")
     out.append(

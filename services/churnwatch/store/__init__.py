@@ -5,11 +5,22 @@ risk sets, the outbox, model checkpoints).
 
 from churnwatch.store.redis_store import (
     BatchWrite,
+    HistoryPoint,
     Keys,
     OutboxEntry,
     PartitionMeta,
     RedisStore,
+    StoredAlert,
 )
 from churnwatch.store.settings import StoreSettings
 
-__all__ = ["BatchWrite", "Keys", "OutboxEntry", "PartitionMeta", "RedisStore", "StoreSettings"]
+__all__ = [
+    "BatchWrite",
+    "HistoryPoint",
+    "Keys",
+    "OutboxEntry",
+    "PartitionMeta",
+    "RedisStore",
+    "StoreSettings",
+    "StoredAlert",
+]

@@ -10,6 +10,13 @@ Key schema (the streaming protocol; every key carries a hash tag):
 - `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset),
   `...:due` ZSET (customer -> next due time, epoch seconds), `...:risk` ZSET (customer ->
   churn probability), `...:outbox` HASH (entry id -> JSON of a record still to produce).
+- `{prefix}:c:{<customer_id>}:hist` ZSET (the customer's scorings, event time -> JSON of
+  at, churn_probability, engagement_score; the newest `history_kept`), `...:alerts` ZSET
+  (event time -> the alert's JSON as published; the newest `alerts_kept`).
+- `{prefix}:p:{<partition>}:change` ZSET (customer -> risk change since the anchor), and per
+  segment `...:risk:<segment>`, `...:change:<segment>`: the at-risk list's orders.
+- `{prefix}:{alerts}:index` HASH (alert_id -> customer_id); `{prefix}:{fb}:verdicts` HASH
+  (alert_id -> JSON of the CSM's verdict), `{prefix}:{fb}:counts` HASH (`rule|verdict` -> n).
 - `{prefix}:{model}:ckpt:<epoch>` STRING, `{prefix}:{model}:latest` STRING (newest epoch),
   `{prefix}:{model}:versions` ZSET (epoch -> epoch): `{model}` is a literal hash tag, so the
   checkpoints live in one slot.
@@ -34,7 +41,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from churnwatch.core.errors import ChurnwatchError, ConfigError, StoreUnavailableError
-from churnwatch.core.state import CustomerState, from_dict, to_dict
+from churnwatch.core.events import format_ts
+from churnwatch.core.state import CustomerState, from_dict, risk_change, to_dict
 from churnwatch.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,24 @@ return #stale
 # spends ~10 us more per key. An empty hash encodes as `{}`.
 _READ_STATE: Final = b"return cjson.encode(redis.call('HGETALL', KEYS[1]))"
 
+# One verdict per alert, and the counts by `rule|verdict` in step with the verdicts (both keys
+# carry the hash tag {fb}: one slot). KEYS: verdicts, counts; ARGV: alert_id, the verdict's
+# JSON, verdict, rule. Returns the previous verdict ('' for none) and 1 when anything changed.
+_SET_VERDICT: Final = b"""
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local before = ''
+if old then
+  before = cjson.decode(old)['verdict']
+  if before == ARGV[3] then return {before, 0} end
+  redis.call('HINCRBY', KEYS[2], ARGV[4] .. '|' .. before, -1)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[4] .. '|' .. ARGV[3], 1)
+return {before, 1}
+"""
+ORDERS: Final = ("risk", "change")
+"""The orders of the at-risk list: by churn probability, or by its change."""
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionMeta:
@@ -115,6 +141,41 @@ class BatchWrite:
     outbox: Sequence[OutboxEntry] = ()
     due: Mapping[str, datetime | None] = field(default_factory=dict)
     """Customer -> next due time of the sweep; None removes the customer from the due set."""
+    history: Sequence[HistoryPoint] = ()
+    """The scorings of this batch, for the customers' score histories."""
+    alerts: Sequence[StoredAlert] = ()
+    """The alerts of this batch, for the customers' alert histories (also in the outbox)."""
+    segments: Sequence[str] = ()
+    """Every segment of the rules: a customer is kept in its own segment's sets only."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One scoring of one customer, as the score history shows it."""
+
+    customer_id: str
+    at: datetime
+    churn_probability: float
+    engagement_score: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "at": format_ts(self.at),
+                "churn_probability": self.churn_probability,
+                "engagement_score": self.engagement_score,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """An alert as the customer's alert history keeps it: its published JSON, by event time."""
+
+    customer_id: str
+    alert_id: str
+    at: datetime
+    value: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +201,28 @@ class Keys:
 
     def outbox(self, partition: int) -> str:
         return self.partition(partition, "outbox")
+
+    def change(self, partition: int) -> str:
+        return self.partition(partition, "change")
+
+    def order(self, partition: int, sort: str, segment: str | None) -> str:
+        """The at-risk order `sort` ("risk" or "change"), of one segment or of all."""
+        return self.partition(partition, sort if segment is None else f"{sort}:{segment}")
+
+    def history(self, customer_id: str) -> str:
+        return f"{self.customer(customer_id)}:hist"
+
+    def alerts(self, customer_id: str) -> str:
+        return f"{self.customer(customer_id)}:alerts"
+
+    def alert_index(self) -> str:
+        return f"{self.prefix}:{{alerts}}:index"
+
+    def verdicts(self) -> str:
+        return f"{self.prefix}:{{fb}}:verdicts"
+
+    def verdict_counts(self) -> str:
+        return f"{self.prefix}:{{fb}}:counts"
 
     def checkpoint(self, epoch: int) -> str:
         return f"{self.prefix}:{{model}}:ckpt:{epoch}"
@@ -503,8 +586,9 @@ class RedisStore:
                 pairs += [entry.entry_id, encode_outbox(entry, (seq_base, i))]
             outbox.append(("HSET", keys.outbox(p), *pairs))
         states: list[Command] = []
-        risk_add: list[Any] = []
-        risk_rem: list[str] = []
+        orders: dict[str, list[Any]] = {}
+        removals: dict[str, list[str]] = {}
+        segments = tuple(batch.segments)
         for state, offset in batch.states:
             fields = orjson.dumps(to_dict(state))
             states.append(
@@ -518,10 +602,8 @@ class RedisStore:
                     fields,
                 )
             )
-            if state.churn_probability is None:
-                risk_rem.append(state.customer_id)
-            else:
-                risk_add += [state.churn_probability, state.customer_id]
+            self._order_commands(state, p, segments, orders, removals)
+        states += self._history_commands(batch)
         part: list[Command] = []
         due_add: list[Any] = []
         due_rem: list[str] = []
@@ -534,10 +616,8 @@ class RedisStore:
             part.append(("ZADD", keys.due(p), *due_add))
         if due_rem:
             part.append(("ZREM", keys.due(p), *due_rem))
-        if risk_add:
-            part.append(("ZADD", keys.risk(p), *risk_add))
-        if risk_rem:
-            part.append(("ZREM", keys.risk(p), *risk_rem))
+        part += [("ZADD", key, *pairs) for key, pairs in orders.items()]
+        part += [("ZREM", key, *members) for key, members in removals.items()]
         meta = batch.meta
         part.append(
             (
@@ -552,6 +632,57 @@ class RedisStore:
             )
         )
         return outbox, states, part
+
+    def _order_commands(
+        self,
+        state: CustomerState,
+        p: int,
+        segments: tuple[str, ...],
+        orders: dict[str, list[Any]],
+        removals: dict[str, list[str]],
+    ) -> None:
+        """
+        The customer's places in the at-risk orders (all, and its segment's only); a customer
+        who cancelled is lost, no longer at risk, and leaves them.
+        """
+        cid = state.customer_id
+        lost = state.cancelled_at is not None
+        values = {
+            "risk": None if lost else state.churn_probability,
+            "change": None if lost else risk_change(state),
+        }
+        for sort, value in values.items():
+            for segment in (None, *segments):
+                key = self.keys.order(p, sort, segment)
+                mine = segment is None or segment == state.segment
+                if mine and value is not None:
+                    orders.setdefault(key, []).extend((value, cid))
+                else:
+                    removals.setdefault(key, []).append(cid)
+
+    def _history_commands(self, batch: BatchWrite) -> list[Command]:
+        """Score and alert histories (customer slots) and the alert index, trimmed to size."""
+        keys, kept = self.keys, self._settings
+        commands: list[Command] = []
+        points: dict[str, list[Any]] = {}
+        for point in batch.history:
+            at = _seconds(point.at, f"history of {point.customer_id!r}")
+            points.setdefault(point.customer_id, []).extend((at, point.to_json()))
+        for cid, pairs in points.items():
+            commands.append(("ZADD", keys.history(cid), *pairs))
+            commands.append(("ZREMRANGEBYRANK", keys.history(cid), 0, -kept.history_kept - 1))
+        alerts: dict[str, list[Any]] = {}
+        index: list[str] = []
+        for alert in batch.alerts:
+            at = _seconds(alert.at, f"alert {alert.alert_id!r}")
+            alerts.setdefault(alert.customer_id, []).extend((at, alert.value))
+            index += [alert.alert_id, alert.customer_id]
+        for cid, pairs in alerts.items():
+            commands.append(("ZADD", keys.alerts(cid), *pairs))
+            commands.append(("ZREMRANGEBYRANK", keys.alerts(cid), 0, -kept.alerts_kept - 1))
+        if index:
+            commands.append(("HSET", keys.alert_index(), *index))
+        return commands
 
     async def write_batch(self, batch: BatchWrite) -> None:
         """
@@ -605,7 +736,8 @@ class RedisStore:
             nodes: dict[str, ClusterNode] = {}
             if self._waitaof and i > 0:
                 for command in phase:
-                    node = client.get_node_from_key(command[3] if i == 1 else command[1])
+                    key = command[3] if command[0] == "EVAL" else command[1]
+                    node = client.get_node_from_key(key)
                     if node is not None:
                         nodes[node.name] = node
                 for node in nodes.values():
@@ -679,24 +811,134 @@ class RedisStore:
 
     # -- reads for the API and the CLI --------------------------------------------------
     async def at_risk(
-        self, *, limit: int = 50, offset: int = 0, partitions: Iterable[int]
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        partitions: Iterable[int],
+        segment: str | None = None,
+        sort: str = "risk",
     ) -> list[tuple[str, float]]:
         """
-        Customers by churn probability, highest first, merged over the partitions (ties:
-        customer id descending, as Redis orders them), from `offset` for `limit`.
+        Customers by churn probability (`sort="risk"`) or by its change since the anchor
+        (`sort="change"`), highest first, merged over the partitions (ties: customer id
+        descending, as Redis orders them), of one segment or of all, from `offset` for `limit`.
         """
         if offset < 0:
             msg = f"at_risk: offset must be >= 0, got {offset}"
+            raise ValueError(msg)
+        if sort not in ORDERS:
+            msg = f"at_risk: sort must be one of {', '.join(ORDERS)}, got {sort!r}"
             raise ValueError(msg)
         parts = list(dict.fromkeys(partitions))
         if limit <= 0 or not parts:
             return []
         stop = offset + limit - 1
+        keys = [self.keys.order(p, sort, segment) for p in parts]
         async with self._op("at_risk") as client:
             replies = await self._pipeline(
-                client,
-                [("ZREVRANGE", self.keys.risk(p), 0, stop, "WITHSCORES") for p in parts],
+                client, [("ZREVRANGE", key, 0, stop, "WITHSCORES") for key in keys]
             )
         merged = [(_text(m), float(s)) for reply in replies for m, s in reply]
         merged.sort(key=lambda item: (item[1], item[0]), reverse=True)
         return merged[offset : offset + limit]
+
+    async def at_risk_total(
+        self, *, partitions: Iterable[int], segment: str | None = None, sort: str = "risk"
+    ) -> int:
+        """How many customers the at-risk order `sort` holds (of one segment or of all)."""
+        keys = [self.keys.order(p, sort, segment) for p in dict.fromkeys(partitions)]
+        async with self._op("at_risk_total") as client:
+            counts = await self._pipeline(client, [("ZCARD", key) for key in keys])
+        return sum(int(n) for n in counts)
+
+    async def score_history(self, customer_id: str, *, limit: int = 500) -> list[dict[str, Any]]:
+        """The customer's newest `limit` scorings, oldest first."""
+        async with self._op("score_history") as client:
+            raw = await client.zrange(self.keys.history(customer_id), -limit, -1)
+        return [orjson.loads(item) for item in cast(list[bytes], raw)]
+
+    async def customer_alerts(self, customer_id: str, *, limit: int = 100) -> list[bytes]:
+        """The customer's newest `limit` alerts as published (JSON), newest first."""
+        async with self._op("customer_alerts") as client:
+            raw = await client.zrevrange(self.keys.alerts(customer_id), 0, limit - 1)
+        return [bytes(item) for item in cast(list[bytes], raw)]
+
+    async def alerts_of(
+        self, customer_ids: Iterable[str], *, limit: int = 100
+    ) -> dict[str, list[bytes]]:
+        """`customer_alerts` of several customers in one pipeline."""
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return {}
+        commands = [("ZREVRANGE", self.keys.alerts(cid), 0, limit - 1) for cid in ids]
+        async with self._op("alerts_of") as client:
+            replies = await self._pipeline(client, commands)
+        return {cid: [bytes(a) for a in r] for cid, r in zip(ids, replies, strict=True)}
+
+    async def alert_customer(self, alert_id: str) -> str | None:
+        """The customer an alert was for, or None for an alert the store never saw."""
+        async with self._op("alert_customer") as client:
+            found = await client.hget(self.keys.alert_index(), alert_id)
+        return None if found is None else _text(found)
+
+    # -- feedback on alerts --------------------------------------------------------------
+    async def set_verdict(
+        self, alert_id: str, *, verdict: str, rule: str, record: Mapping[str, Any]
+    ) -> tuple[str | None, bool]:
+        """
+        Store a CSM's verdict on an alert: one per alert (a new verdict replaces the old one,
+        the same verdict again changes nothing), with the counts by rule and verdict kept in
+        step in the same script.
+
+        Returns:
+            The previous verdict (None for the first) and whether anything changed.
+        """
+        if "|" in rule or "|" in verdict:
+            msg = f"set_verdict: rule and verdict must not contain '|', got {rule!r}, {verdict!r}"
+            raise ValueError(msg)
+        value = orjson.dumps(dict(record), option=orjson.OPT_SORT_KEYS)
+        async with self._op("set_verdict") as client:
+            command = (
+                "EVAL",
+                _SET_VERDICT,
+                2,
+                self.keys.verdicts(),
+                self.keys.verdict_counts(),
+                alert_id,
+                value,
+                verdict,
+                rule,
+            )
+            [(previous, changed)] = await self._pipeline(client, [command])
+        before = _text(previous)
+        return (before or None), bool(int(changed))
+
+    async def verdicts(self, alert_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The verdicts given on these alerts (alerts without one are absent)."""
+        ids = list(dict.fromkeys(alert_ids))
+        if not ids:
+            return {}
+        async with self._op("verdicts") as client:
+            raw = await client.hmget(self.keys.verdicts(), ids)
+        return {
+            aid: orjson.loads(v) for aid, v in zip(ids, cast(list[Any], raw), strict=True) if v
+        }
+
+    async def all_verdicts(self) -> dict[str, dict[str, Any]]:
+        """Every verdict by alert id (for the export that the backtest reads)."""
+        found: dict[str, dict[str, Any]] = {}
+        async with self._op("all_verdicts") as client:
+            async for key, value in client.hscan_iter(self.keys.verdicts(), count=1000):
+                found[_text(key)] = orjson.loads(value)
+        return found
+
+    async def verdict_counts(self) -> dict[tuple[str, str], int]:
+        """How many alerts of each rule carry each verdict."""
+        async with self._op("verdict_counts") as client:
+            raw = _hash(await client.hgetall(self.keys.verdict_counts()))
+        counts: dict[tuple[str, str], int] = {}
+        for key, value in raw.items():
+            rule, _, verdict = key.decode().rpartition("|")
+            counts[(rule, verdict)] = int(value)
+        return counts

@@ -47,6 +47,12 @@ class StoreSettings(BaseSettings):
         description="Seconds WAITAOF may block; must stay below socket_timeout.",
     )
     checkpoints_kept: int = Field(default=10, ge=1, description="Model checkpoints kept.")
+    history_kept: int = Field(
+        default=500, ge=1, description="Scorings kept per customer for its score history."
+    )
+    alerts_kept: int = Field(
+        default=100, ge=1, description="Alerts kept per customer for its alert history."
+    )
 
     @field_validator("url")
     @classmethod

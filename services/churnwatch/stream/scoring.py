@@ -55,7 +55,14 @@ from churnwatch.core.model import Scorer
 from churnwatch.core.state import CustomerState
 from churnwatch.metrics import Metrics
 from churnwatch.sdk.settings import TopicNames
-from churnwatch.store import BatchWrite, OutboxEntry, PartitionMeta, RedisStore
+from churnwatch.store import (
+    BatchWrite,
+    HistoryPoint,
+    OutboxEntry,
+    PartitionMeta,
+    RedisStore,
+    StoredAlert,
+)
 from churnwatch.stream.records import (
     Ack,
     Record,
@@ -185,6 +192,8 @@ class _Run:
     records: list[Record] = field(default_factory=list)
     alerts: list[tuple[AlertRecord, Record | None]] = field(default_factory=list)
     """Each alert with the record that caused it (None: the sweep)."""
+    history: list[HistoryPoint] = field(default_factory=list)
+    """The chunk's scorings, for the customers' score histories (the at-risk API)."""
     ack: Ack | None = None
     cap: int | None = None
     """No checkpoint after this epoch can exist yet: the epoch of `reported`."""
@@ -216,6 +225,7 @@ class ScoringWorker:
     ) -> None:
         self.settings = settings
         self.policy = policy
+        self.segments = tuple(segment.name for segment in policy.rules.segments)
         self.store = store
         self.sink = sink
         self.metrics = metrics
@@ -547,6 +557,11 @@ class ScoringWorker:
         if due is not None:
             heapq.heappush(run.due, (due, customer_id))
         key = customer_id.encode()
+        scoring = step.scoring
+        if scoring is not None and step.outcome != "duplicate":
+            run.history.append(
+                HistoryPoint(customer_id, scoring.at, scoring.churn_probability, scoring.score)
+            )
         for alert in step.alerts:
             run.outbox.append(
                 OutboxEntry(
@@ -598,8 +613,21 @@ class ScoringWorker:
             states = [(run.states[cid], offset) for cid, offset in run.dirty.items()]
             due = {cid: next_due_at(run.states[cid], self.policy) for cid in run.dirty}
             meta = PartitionMeta(run.high_water, run.swept_to, run.last_offset)
+            alerts = [
+                StoredAlert(a.customer_id, a.alert_id, a.event_ts, alert_to_json(a))
+                for a, _ in run.alerts
+            ]
             await self.store.write_batch(
-                BatchWrite(run.partition, meta, states, list(run.outbox), due)
+                BatchWrite(
+                    run.partition,
+                    meta,
+                    states,
+                    list(run.outbox),
+                    due,
+                    history=run.history,
+                    alerts=alerts,
+                    segments=self.segments,
+                )
             )
             written = time.perf_counter()
             if run.outbox:
@@ -628,6 +656,7 @@ class ScoringWorker:
             run.dirty = {}
             run.outbox = []
             run.alerts = []
+            run.history = []
         records, run.records = run.records, []
         if records and run.ack is not None:
             await run.ack(records)

@@ -1,0 +1,204 @@
+"""
+`churnwatch api`, `churnwatch at-risk` and `churnwatch feedback`: `register(group)` adds them
+to the CLI group (cli.py calls it).
+
+Settings come from the environment (`CHURNWATCH_API_*`, `CHURNWATCH_REDIS_*`,
+`CHURNWATCH_KAFKA_PARTITIONS`, the core's `CHURNWATCH_RULES_FILE`; see churnwatch.api.settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from churnwatch.core.errors import ChurnwatchError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _settings(overrides: dict[str, Any]) -> Any:
+    from churnwatch.api.settings import ApiSettings
+
+    try:
+        return ApiSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        msg = f"invalid settings (CHURNWATCH_API_*): {problems}"
+        raise click.ClickException(msg) from exc
+
+
+def _with_views(settings: Any, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(views)` against the store of `settings`; store and API errors as click errors."""
+    from churnwatch.api.views import BadParameterError, NotFoundError, Views
+    from churnwatch.store import RedisStore
+
+    async def run() -> T:
+        store = RedisStore(settings.redis)
+        await store.start()
+        try:
+            views = Views(store, settings.to_policy(), partitions=settings.topic_partitions)
+            return await work(views)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (BadParameterError, NotFoundError) as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.parameter) from exc
+    except ChurnwatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("api")
+@click.option("--host", default=None, help="Default: CHURNWATCH_API_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: CHURNWATCH_API_PORT (9467).")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the at-risk API, the web page for CS teams and /metrics until SIGINT/SIGTERM."""
+    import signal
+
+    from churnwatch.api.app import serve_forever
+
+    settings = _settings({"host": host, "port": port})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/", err=True)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve_forever(settings)
+        except asyncio.CancelledError:
+            log.info("api.stopped")
+
+    try:
+        asyncio.run(main())
+    except ChurnwatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("at-risk")
+@click.option("--segment", default=None, help="Only this segment of the rules file.")
+@click.option("--sort", type=click.Choice(["score", "change"]), default="score", show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of a table.")
+def at_risk(segment: str | None, sort: str, limit: int, offset: int, as_json: bool) -> None:
+    """The riskiest customers, as the API lists them (reads Redis)."""
+    from churnwatch.api.views import parse_list_query
+
+    settings = _settings({})
+
+    async def work(views: Any) -> Any:
+        query = parse_list_query(
+            {"sort": sort, "segment": segment or "", "limit": str(limit), "offset": str(offset)},
+            segments=views.segments,
+            default_limit=limit,
+            max_limit=10_000,
+        )
+        return await views.at_risk(query)
+
+    page = _with_views(settings, work)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(page, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"at risk ({page['total']} customers, by {sort})")
+    for column in ("customer", "segment", "risk", "score", "change", "top reason", "open"):
+        table.add_column(column)
+    for item in page["items"]:
+        change = item["change"]
+        reasons = item["top_reasons"]
+        table.add_row(
+            item["customer_id"],
+            item["segment"],
+            f"{item['churn_probability']:.2f}",
+            f"{item['engagement_score']:.0f}",
+            "" if change is None else f"{change:+.2f}",
+            reasons[0]["text"] if reasons else "",
+            str(len(item["open_alerts"])),
+        )
+    Console().print(table)
+
+
+@click.command("feedback")
+@click.argument("alert_id", required=False)
+@click.argument("verdict", required=False)
+@click.option("--by", default="", help="Who gives the verdict.")
+@click.option("--note", default="", help="A note kept with the verdict.")
+@click.option(
+    "--export",
+    "export",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default=None,
+    help="Instead: write every stored verdict as JSONL to this file ('-': standard output); "
+    "`backtest --verdicts` reads it.",
+)
+def feedback(
+    alert_id: str | None, verdict: str | None, by: str, note: str, export: Path | None
+) -> None:
+    """
+    Give a verdict on an alert: `churnwatch feedback ALERT_ID VERDICT`, VERDICT one of useful,
+    false_alarm, saved, lost (one per alert: a new one replaces it, the same one is a no-op).
+    """
+    settings = _settings({})
+    if export is not None:
+        if alert_id is not None:
+            msg = "--export takes no ALERT_ID or VERDICT"
+            raise click.UsageError(msg)
+        _export(settings, export)
+        return
+    if alert_id is None or verdict is None:
+        msg = "expected ALERT_ID VERDICT (or --export FILE)"
+        raise click.UsageError(msg)
+
+    async def work(views: Any) -> Any:
+        return await views.give_verdict(alert_id, verdict, by=by, note=note)
+
+    result = _with_views(settings, work)
+    if result["changed"]:
+        before = "" if result["previous"] is None else f" (was {result['previous']})"
+        click.echo(f"{result['alert_id']}: {result['verdict']}{before}")
+    else:
+        click.echo(f"{result['alert_id']}: {result['verdict']} (already given, stored once)")
+
+
+def _export(settings: Any, out: Path) -> None:
+    """Every stored verdict, one JSON line per alert, sorted by alert id."""
+
+    async def work(views: Any) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = await views.store.all_verdicts()
+        return found
+
+    verdicts = _with_views(settings, work)
+    lines = b"".join(
+        orjson.dumps(verdicts[k], option=orjson.OPT_SORT_KEYS) + b"\n" for k in sorted(verdicts)
+    )
+    if str(out) == "-":
+        sys.stdout.buffer.write(lines)
+    else:
+        out.write_bytes(lines)
+        click.echo(f"{len(verdicts)} verdicts -> {out}", err=True)
+
+
+def register(group: click.Group) -> None:
+    """Adds `api`, `at-risk` and `feedback` to the `churnwatch` command group."""
+    group.add_command(api)
+    group.add_command(at_risk)
+    group.add_command(feedback)

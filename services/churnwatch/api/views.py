@@ -1,0 +1,324 @@
+"""
+What the at-risk API, the web page and the CLI show, read from the store: the at-risk list,
+one customer (score history, features, reasons, alerts with their verdicts), and verdicts given
+on alerts. No HTTP here: `api.app` maps these to routes, `cli` to commands.
+
+Reasons are computed as the alerts compute them (`core.engine.factors_of`,
+`core.explain.reasons`): the customer's state as of its last scoring, explained by the model
+checkpoint that scoring used (the learner's checkpoint of `scoring_epoch`), against the
+anchor the change is measured from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+from churnwatch.core import explain
+from churnwatch.core.alerts import AlertRecord, Reason
+from churnwatch.core.engine import Policy, factors_of, score_at
+from churnwatch.core.events import format_ts
+from churnwatch.core.feedback import VERDICTS, BadVerdictError, check_verdict, verdict_record
+from churnwatch.core.learning import scoring_epoch
+from churnwatch.core.model import Scorer
+from churnwatch.core.state import CustomerState, risk_change
+from churnwatch.metrics import Metrics
+from churnwatch.store import RedisStore
+
+Sort = Literal["score", "change"]
+SORTS: Final[tuple[Sort, ...]] = ("score", "change")
+_ORDER_OF: Final[dict[Sort, str]] = {"score": "risk", "change": "change"}
+_MODELS_KEPT: Final = 8
+
+
+class BadParameterError(ValueError):
+    """A request parameter that is missing, malformed or out of range (an HTTP 400)."""
+
+    def __init__(self, *, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+class NotFoundError(LookupError):
+    """A customer or alert the store does not hold (an HTTP 404)."""
+
+    def __init__(self, *, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One page of the at-risk list."""
+
+    sort: Sort = "score"
+    segment: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameterError(
+            parameter=name, message=f"{name}: expected an integer, got {raw!r}"
+        ) from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise BadParameterError(
+            parameter=name, message=f"{name}: expected an integer {bounds}, got {value}"
+        )
+    return value
+
+
+def parse_list_query(
+    query: Mapping[str, str], *, segments: Sequence[str], default_limit: int, max_limit: int
+) -> ListQuery:
+    """
+    The at-risk list's query parameters, checked.
+
+    Raises:
+        BadParameterError: naming the first parameter that is unknown, malformed or out of range.
+    """
+    known = ("sort", "segment", "limit", "offset")
+    for name in query:
+        if name not in known:
+            msg = f"{name}: unknown parameter (expected {', '.join(known)})"
+            raise BadParameterError(parameter=name, message=msg)
+    sort = query.get("sort") or "score"
+    if sort not in SORTS:
+        msg = f"sort: expected one of {', '.join(SORTS)}, got {sort!r}"
+        raise BadParameterError(parameter="sort", message=msg)
+    segment = query.get("segment") or None
+    if segment is not None and segment not in segments:
+        msg = f"segment: expected one of {', '.join(segments)}, got {segment!r}"
+        raise BadParameterError(parameter="segment", message=msg)
+    return ListQuery(
+        sort="score" if sort == "score" else "change",
+        segment=segment,
+        limit=_int(query, "limit", default_limit, 1, max_limit),
+        offset=_int(query, "offset", 0, 0, None),
+    )
+
+
+class Views:
+    """The reads and the one write (verdicts) of the API, over one store and one policy."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        policy: Policy,
+        *,
+        partitions: int,
+        metrics: Metrics | None = None,
+        history_points: int = 500,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.partitions = range(partitions)
+        self.segments = tuple(segment.name for segment in policy.rules.segments)
+        self.metrics = metrics
+        self.history_points = history_points
+        self._initial = Scorer(policy.config.model)
+        self._models: dict[int, Scorer] = {}
+
+    # -- models ---------------------------------------------------------------------------
+    async def _model_at(self, at: datetime) -> Scorer:
+        """The checkpoint a scoring at `at` used: the newest one up to its scoring epoch."""
+        epoch = scoring_epoch(at, self.policy.config.model_epoch)
+        found = await self.store.latest_checkpoint(at_most=epoch)
+        if found is None:
+            return self._initial
+        got, data = found
+        model = self._models.get(got)
+        if model is None:
+            model = self._models[got] = Scorer.from_bytes(data)
+            for old in sorted(self._models)[:-_MODELS_KEPT]:
+                del self._models[old]
+        return model
+
+    async def explain(self, state: CustomerState) -> tuple[list[Reason], str, dict[str, float]]:
+        """The reasons of the customer's current risk, the summary and the feature vector."""
+        if state.scored_at is None or state.churn_probability is None:
+            return [], "not scored yet", {}
+        model = await self._model_at(state.scored_at)
+        x, scoring = score_at(state.features, at=state.scored_at, model=model, policy=self.policy)
+        factors = factors_of(scoring, x, model)
+        ref = state.anchor if state.anchor is not None else state.next_anchor
+        change = risk_change(state)
+        items = explain.reasons(
+            factors,
+            None if ref is None else ref.factors,
+            change=0.0 if change is None else change,
+            x=x,
+            top=self.policy.config.top_reasons,
+        )
+        summary = explain.summary(change, items, level=state.churn_probability)
+        return items, summary, x
+
+    # -- reads ----------------------------------------------------------------------------
+    async def at_risk(self, query: ListQuery) -> dict[str, Any]:
+        """One page of the at-risk list (the shape of GET /api/v1/at-risk)."""
+        order = _ORDER_OF[query.sort]
+        ranked = await self.store.at_risk(
+            limit=query.limit,
+            offset=query.offset,
+            partitions=self.partitions,
+            segment=query.segment,
+            sort=order,
+        )
+        total = await self.store.at_risk_total(
+            partitions=self.partitions, segment=query.segment, sort=order
+        )
+        ids = [cid for cid, _ in ranked]
+        states = await self.store.load_states(ids)
+        alerts = await self.store.alerts_of(ids, limit=20)
+        verdicts = await self.store.verdicts(
+            orjson.loads(raw)["alert_id"] for found in alerts.values() for raw in found
+        )
+        items = []
+        for cid in ids:
+            if cid not in states:
+                continue  # removed between the two reads
+            state = states[cid][0]
+            reasons, _, _ = await self.explain(state)
+            items.append(
+                {
+                    **_headline(state),
+                    "top_reasons": [r.model_dump() for r in reasons],
+                    "open_alerts": [
+                        _alert_brief(a)
+                        for a in (orjson.loads(raw) for raw in alerts.get(cid, []))
+                        if a["alert_id"] not in verdicts
+                    ],
+                }
+            )
+        end = query.offset + len(ranked)
+        return {
+            "items": items,
+            "limit": query.limit,
+            "offset": query.offset,
+            "next_offset": end if end < total else None,
+            "total": total,
+            "sort": query.sort,
+            "segment": query.segment,
+            "segments": list(self.segments),
+        }
+
+    async def customer(self, customer_id: str) -> dict[str, Any]:
+        """One customer (the shape of GET /api/v1/customers/{id}). Raises NotFoundError."""
+        state = await self.store.load_state(customer_id)
+        if state is None:
+            msg = f"customer_id: no customer {customer_id!r} in the store"
+            raise NotFoundError(parameter="customer_id", message=msg)
+        reasons, summary, x = await self.explain(state)
+        history = await self.store.score_history(customer_id, limit=self.history_points)
+        raw_alerts = await self.store.customer_alerts(customer_id)
+        alerts = [orjson.loads(raw) for raw in raw_alerts]
+        verdicts = await self.store.verdicts(a["alert_id"] for a in alerts)
+        for alert in alerts:
+            alert["verdict"] = _verdict_view(verdicts.get(alert["alert_id"]))
+        return {
+            **_headline(state),
+            "last_activity_at": _ts(state.last_activity_at),
+            "cancelled_at": _ts(state.cancelled_at),
+            "summary": summary,
+            "reasons": [r.model_dump() for r in reasons],
+            "features": x,
+            "history": history,
+            "alerts": alerts,
+        }
+
+    async def alert(self, alert_id: str) -> AlertRecord:
+        """An alert the store holds, as published. Raises NotFoundError."""
+        customer_id = await self.store.alert_customer(alert_id)
+        if customer_id is not None:
+            for raw in await self.store.customer_alerts(customer_id, limit=10_000):
+                data = orjson.loads(raw)
+                if data["alert_id"] == alert_id:
+                    return AlertRecord.model_validate(data)
+        msg = f"alert_id: no alert {alert_id!r} in the store"
+        raise NotFoundError(parameter="alert_id", message=msg)
+
+    # -- the one write --------------------------------------------------------------------
+    async def give_verdict(
+        self, alert_id: str, verdict: object, *, by: str = "", note: str = ""
+    ) -> dict[str, Any]:
+        """
+        Store a verdict on an alert, once per alert (the same verdict again changes nothing).
+
+        Raises:
+            BadParameterError: the verdict is not one of VERDICTS (or `by`/`note` too long).
+            NotFoundError: the store holds no such alert.
+        """
+        try:
+            checked = check_verdict(verdict)
+        except BadVerdictError as exc:
+            raise BadParameterError(parameter="verdict", message=str(exc)) from None
+        alert = await self.alert(alert_id)
+        try:
+            record = verdict_record(alert, checked, by=by, note=note, given_at=datetime.now(UTC))
+        except BadVerdictError as exc:
+            field = str(exc).split(":", 1)[0]
+            raise BadParameterError(parameter=field, message=str(exc)) from None
+        data = record.model_dump(mode="json")
+        data["given_at"] = format_ts(record.given_at)
+        previous, changed = await self.store.set_verdict(
+            alert_id, verdict=checked, rule=alert.rule, record=data
+        )
+        if self.metrics is not None:
+            self.metrics.feedback.labels(checked, "yes" if changed else "no").inc()
+        return {
+            "alert_id": alert_id,
+            "customer_id": alert.customer_id,
+            "rule": alert.rule,
+            "verdict": checked,
+            "previous": previous,
+            "changed": changed,
+        }
+
+    async def refresh_metrics(self) -> None:
+        """Set churnwatch_alert_verdicts from the counts in the store (before a scrape)."""
+        if self.metrics is None:
+            return
+        counts = await self.store.verdict_counts()
+        gauge = self.metrics.alert_verdicts
+        gauge.clear()
+        for (rule, verdict), n in sorted(counts.items()):
+            if verdict in VERDICTS:
+                gauge.labels(rule, verdict).set(n)
+
+
+def _ts(at: datetime | None) -> str | None:
+    return None if at is None else format_ts(at)
+
+
+def _headline(state: CustomerState) -> dict[str, Any]:
+    return {
+        "customer_id": state.customer_id,
+        "segment": state.segment,
+        "churn_probability": state.churn_probability,
+        "engagement_score": state.score,
+        "change": risk_change(state),
+        "scored_at": _ts(state.scored_at),
+    }
+
+
+def _alert_brief(alert: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: alert[k] for k in ("alert_id", "rule", "severity", "event_ts", "summary")}
+
+
+def _verdict_view(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {k: record.get(k, "") for k in ("verdict", "by", "note", "given_at")}

@@ -1,0 +1,226 @@
+"""
+The at-risk API over real HTTP on loopback, reading a real Redis seeded from a replay (the
+`api_site` fixture): the list in order and paged, 4xx naming bad parameters, one customer's
+history and reasons, verdicts stored once per alert and counted in /metrics, the CLI's
+`feedback` and `at-risk`, and the backtest's false-alarm rate from exported verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from churnwatch.core.feedback import parse_verdicts, rule_feedback
+from churnwatch.sim.simulator import SimConfig, Simulation
+
+PAGE = 7
+
+
+def test_at_risk_list_is_in_order_and_paginates(api_site: Any) -> None:
+    """
+    Pages of the at-risk list, walked with next_offset, give every seeded customer still at
+    risk once, highest churn probability first, in the order computed from the states.
+    """
+    expected = api_site.expected_order
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = api_site.get_json(f"/api/v1/at-risk?limit={PAGE}&offset={offset}")
+        assert PAGE >= len(page["items"])
+        assert len(expected) == page["total"]
+        seen += [item["customer_id"] for item in page["items"]]
+        offset = page["next_offset"]
+    assert expected == seen
+    first = api_site.get_json("/api/v1/at-risk?limit=3")["items"][0]
+    assert first["churn_probability"] > 0
+    assert first["top_reasons"], first
+    assert {"factor", "contribution", "text"} == set(first["top_reasons"][0])
+
+
+def test_at_risk_filters_by_segment_and_sorts_by_change(api_site: Any) -> None:
+    """
+    A segment filter lists only that segment's customers, in score order; sort=change orders
+    by the change since the anchor.
+    """
+    states = api_site.states()
+    segment = states[api_site.expected_order[0]].segment
+    page = api_site.get_json(f"/api/v1/at-risk?segment={segment}&limit=500")
+    wanted = [cid for cid in api_site.expected_order if states[cid].segment == segment]
+    assert wanted == [item["customer_id"] for item in page["items"]]
+    changes = api_site.get_json("/api/v1/at-risk?sort=change&limit=500")["items"]
+    values = [item["change"] for item in changes]
+    assert values == sorted(values, reverse=True)
+    assert all(v is not None for v in values)
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("limit=0", "limit"),
+        ("limit=100000", "limit"),
+        ("limit=ten", "limit"),
+        ("offset=-1", "offset"),
+        ("sort=name", "sort"),
+        ("segment=nobody", "segment"),
+        ("colour=red", "colour"),
+    ],
+)
+def test_bad_parameters_get_a_400_naming_them(api_site: Any, query: str, parameter: str) -> None:
+    """
+    A bad query parameter of the at-risk list is a 400 whose JSON names the parameter.
+    """
+    reply = api_site.request("GET", f"/api/v1/at-risk?{query}")
+    assert 400 == reply.status
+    assert parameter == reply.body["parameter"]
+    assert parameter in reply.body["error"]
+
+
+def test_customer_has_history_features_reasons_and_alerts(api_site: Any) -> None:
+    """
+    One customer's view: its score history oldest first, ending at its current score, the
+    features, reasons and its alerts newest first; an unknown customer is a 404.
+    """
+    assert api_site.loaded.alerts, "the seeded history should have alerts"
+    alerted = api_site.loaded.alerts[-1].customer_id
+    view = api_site.get_json(f"/api/v1/customers/{alerted}")
+    history = view["history"]
+    assert history
+    assert [h["at"] for h in history] == sorted(h["at"] for h in history)
+    assert view["churn_probability"] == history[-1]["churn_probability"]
+    assert view["features"]["days_since_event"] >= 0
+    assert view["summary"].startswith("risk")
+    fired = sorted(
+        (a for a in api_site.loaded.alerts if a.customer_id == alerted),
+        key=lambda a: a.event_ts,
+        reverse=True,
+    )
+    assert [a.alert_id for a in fired] == [a["alert_id"] for a in view["alerts"]]
+    assert all(a["verdict"] is None for a in view["alerts"])
+    missing = api_site.request("GET", "/api/v1/customers/nobody")
+    assert 404 == missing.status
+    assert "customer_id" == missing.body["parameter"]
+
+
+def _verdict_lines(metrics: str) -> dict[tuple[str, str], float]:
+    found = {}
+    for line in metrics.splitlines():
+        if line.startswith("churnwatch_alert_verdicts{"):
+            labels, value = line.rsplit(" ", 1)
+            parts = dict(p.split("=", 1) for p in labels[labels.index("{") + 1 : -1].split(","))
+            found[(parts["rule"].strip('"'), parts["verdict"].strip('"'))] = float(value)
+    return found
+
+
+def test_a_verdict_is_stored_once_per_alert_and_counted(api_site: Any) -> None:
+    """
+    A verdict posted twice is stored once (the second changes nothing), a different one
+    replaces it, /metrics counts each alert once under its current verdict, and bad verdicts
+    or unknown alerts get a 4xx naming the field.
+    """
+    alert = api_site.loaded.alerts[0]
+    path = f"/api/v1/alerts/{alert.alert_id}/feedback"
+    first = api_site.request("POST", path, {"verdict": "useful", "by": "ana"})
+    again = api_site.request("POST", path, {"verdict": "useful", "by": "ana"})
+    assert (200, True, None) == (first.status, first.body["changed"], first.body["previous"])
+    assert (200, False) == (again.status, again.body["changed"])
+    counts = _verdict_lines(api_site.request("GET", "/metrics").body)
+    assert 1.0 == counts[(alert.rule, "useful")]
+    changed = api_site.request("POST", path, {"verdict": "false_alarm"})
+    assert "useful" == changed.body["previous"]
+    counts = _verdict_lines(api_site.request("GET", "/metrics").body)
+    assert 0.0 == counts[(alert.rule, "useful")]
+    assert 1.0 == counts[(alert.rule, "false_alarm")]
+    view = api_site.get_json(f"/api/v1/customers/{alert.customer_id}")
+    [shown] = [a for a in view["alerts"] if a["alert_id"] == alert.alert_id]
+    assert "false_alarm" == shown["verdict"]["verdict"]
+    bad = api_site.request("POST", path, {"verdict": "meh"})
+    assert (400, "verdict") == (bad.status, bad.body["parameter"])
+    unknown = api_site.request("POST", "/api/v1/alerts/nope/feedback", {"verdict": "lost"})
+    assert (404, "alert_id") == (unknown.status, unknown.body["parameter"])
+    extra = api_site.request("POST", path, {"verdict": "lost", "colour": "red"})
+    assert (400, "colour") == (extra.status, extra.body["parameter"])
+
+
+def test_health_openapi_and_page_are_served(api_site: Any) -> None:
+    """
+    /healthz says ok with Redis up, /openapi.json describes the routes, / serves the page.
+    """
+    assert "ok" == api_site.get_json("/healthz")["status"]
+    spec = api_site.get_json("/openapi.json")
+    assert "/api/v1/at-risk" in spec["paths"]
+    assert "/api/v1/alerts/{alert_id}/feedback" in spec["paths"]
+    page = api_site.request("GET", "/")
+    assert 200 == page.status
+    assert "<html" in page.body.lower()
+
+
+def _cli(api_site: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CHURNWATCH_REDIS_URL": api_site.redis_url,
+        "CHURNWATCH_REDIS_PREFIX": api_site.prefix,
+        "CHURNWATCH_KAFKA_PARTITIONS": "3",
+    }
+    command = [sys.executable, "-m", "churnwatch.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
+    api_site: Any, tmp_path: Path
+) -> None:
+    """
+    `churnwatch feedback ALERT_ID VERDICT` stores a verdict once (a repeat says so), the API
+    shows it, `at-risk --json` lists the API's order, and the verdicts exported with
+    `feedback --export` give the backtest's false-alarm rate per rule.
+    """
+    alerts = api_site.loaded.alerts
+    first, second = alerts[0], alerts[1]
+    done = _cli(api_site, "feedback", first.alert_id, "false_alarm", "--by", "bo")
+    assert 0 == done.returncode, done.stderr
+    repeat = _cli(api_site, "feedback", first.alert_id, "false_alarm")
+    assert "stored once" in repeat.stdout
+    assert 0 == _cli(api_site, "feedback", second.alert_id, "useful").returncode
+    bad = _cli(api_site, "feedback", second.alert_id, "meh")
+    assert 0 != bad.returncode
+    assert "verdict" in bad.stderr
+    shown = api_site.get_json(f"/api/v1/alerts/{first.alert_id}")
+    assert "false_alarm" == shown["verdict"]["verdict"]
+    listed = _cli(api_site, "at-risk", "--json", "--limit", "5")
+    assert 0 == listed.returncode, listed.stderr
+    order = [item["customer_id"] for item in orjson.loads(listed.stdout)["items"]]
+    assert api_site.expected_order[:5] == order
+    export = tmp_path / "verdicts.jsonl"
+    assert 0 == _cli(api_site, "feedback", "--export", str(export)).returncode
+    verdicts = parse_verdicts(export.read_bytes().splitlines(), source=str(export))
+    assert {first.alert_id: "false_alarm", second.alert_id: "useful"} == {
+        k: v.verdict for k, v in verdicts.items()
+    }
+    history = tmp_path / "events.jsonl"
+    sim = Simulation(SimConfig(api_site.customers, api_site.days, seed=api_site.seed))
+    history.write_bytes(b"".join(r + b"\n" for r in sim.records()))
+    report = tmp_path / "report"
+    ran = _cli(
+        api_site,
+        *("backtest", "--events", str(history), "--verdicts", str(export)),
+        *("--partitions", "3", "--no-sweep", "--quiet", "--report", str(report)),
+    )
+    assert 0 == ran.returncode, ran.stderr
+    assert "CSM verdicts" in ran.stdout
+    feedback = orjson.loads((report / "metrics.json").read_bytes())["feedback"]
+    assert 0 == feedback["verdicts_matching_no_alert"]
+    entries, unmatched = rule_feedback(alerts, verdicts)
+    assert 0 == unmatched
+    assert [e.to_dict() for e in entries] == feedback["rules"]
+    by_rule = {e["rule"]: e for e in feedback["rules"]}
+    assert 2 == sum(e["judged"] for e in feedback["rules"])
+    if first.rule == second.rule:
+        assert 0.5 == by_rule[first.rule]["false_alarm_rate"]
+    else:
+        assert 1.0 == by_rule[first.rule]["false_alarm_rate"]
+        assert 0.0 == by_rule[second.rule]["false_alarm_rate"]
