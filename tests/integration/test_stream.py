@@ -35,9 +35,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from churnwatch.api.views import ListQuery, Views
 from churnwatch.core.alerts import AlertRecord, alert_to_json
 from churnwatch.core.errors import BadEventError
-from churnwatch.core.events import parse_event
+from churnwatch.core.events import format_ts, parse_event
 from churnwatch.core.state import CustomerState, from_dict, to_dict
 from churnwatch.metrics import Metrics
 from churnwatch.replay.engine import Replay
@@ -46,6 +47,7 @@ from churnwatch.sdk.settings import KafkaSettings, TopicNames
 from churnwatch.sdk.topics import ensure_topics
 from churnwatch.settings import CoreSettings
 from churnwatch.sim import SimConfig, Simulation
+from churnwatch.store import RedisStore, StoreSettings
 from churnwatch.stream.ingest import Ingestor
 from churnwatch.stream.records import Record
 from churnwatch.stream.settings import WorkerSettings
@@ -443,7 +445,51 @@ def assert_equals_replay(stack: Stack, original: Sequence[bytes]) -> Replay:
     assert {a.alert_id for a in file_alerts} == set(published)
     for alert in log_alerts:
         assert {alert_to_json(alert)} == set(published[alert.alert_id]), alert.alert_id
+    assert_api_reads_the_replay(stack, from_log, log_alerts)
     return from_log
+
+
+def assert_api_reads_the_replay(stack: Stack, engine: Replay, alerts: list[AlertRecord]) -> None:
+    """
+    What the at-risk API reads from the workers' writes is the replay's: the at-risk order,
+    each customer's alert history (byte for byte, once each, newest first) and a score
+    history that ends at the customer's current score.
+    """
+    expected = sorted(
+        (
+            (s.churn_probability, cid)
+            for cid, s in engine.states.items()
+            if s.churn_probability is not None and s.cancelled_at is None
+        ),
+        reverse=True,
+    )
+    by_customer: dict[str, list[AlertRecord]] = {}
+    for alert in alerts:
+        by_customer.setdefault(alert.customer_id, []).append(alert)
+
+    async def read() -> tuple[list[str], dict[str, list[bytes]], dict[str, Any]]:
+        store = RedisStore(StoreSettings(url=stack.redis_url, prefix=stack.prefix))
+        await store.start()
+        try:
+            views = Views(store, CoreSettings().to_policy(), partitions=PARTITIONS)
+            page = await views.at_risk(ListQuery(limit=len(engine.states) + 1))
+            histories = await store.alerts_of(by_customer, limit=1000)
+            some = sorted(engine.states)[:20]
+            last = {cid: (await store.score_history(cid, limit=1)) for cid in some}
+        finally:
+            await store.close()
+        return [item["customer_id"] for item in page["items"]], histories, last
+
+    order, histories, last = asyncio.run(read())
+    assert [cid for _, cid in expected] == order
+    for cid, fired in by_customer.items():
+        newest_first = sorted(fired, key=lambda a: (a.event_ts, a.alert_id), reverse=True)
+        assert [alert_to_json(a) for a in newest_first] == histories[cid], cid
+    for cid, points in last.items():
+        state = engine.states[cid]
+        if state.scored_at is not None:
+            assert state.churn_probability == points[-1]["churn_probability"], cid
+            assert format_ts(state.scored_at) == points[-1]["at"], cid
 
 
 # -- tests ------------------------------------------------------------------------------------
