@@ -197,8 +197,50 @@ def _export(settings: Any, out: Path) -> None:
         click.echo(f"{len(verdicts)} verdicts -> {out}", err=True)
 
 
+@click.command("load")
+@click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def load(events: Path) -> None:
+    """
+    Fill Redis from a history (JSONL) without the broker: replay it through the core and
+    write what the scoring workers would (states, at-risk orders, score and alert histories,
+    model checkpoints), to try the API and the web page on it. Not for a prefix that live
+    workers use: nothing is produced to Kafka and no offsets are written.
+    """
+    from churnwatch.api.load import load_history
+    from churnwatch.replay.engine import read_records
+    from churnwatch.store import RedisStore
+
+    settings = _settings({})
+
+    async def run() -> Any:
+        store = RedisStore(settings.redis)
+        await store.start()
+        try:
+            return await load_history(
+                store,
+                read_records(str(events)),
+                settings.to_policy(),
+                partitions=settings.topic_partitions,
+            )
+        finally:
+            await store.close()
+
+    try:
+        loaded = asyncio.run(run())
+    except ChurnwatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    counts = loaded.counts
+    click.echo(
+        f"loaded {loaded.customers:,} customers ({counts.processed:,} events processed, "
+        f"{counts.dead_lettered:,} dead-lettered), {len(loaded.alerts):,} alerts, "
+        f"{loaded.checkpoints} model checkpoints into {settings.redis.address} "
+        f"(prefix {settings.redis.prefix!r}, {settings.topic_partitions} partitions)"
+    )
+
+
 def register(group: click.Group) -> None:
-    """Adds `api`, `at-risk` and `feedback` to the `churnwatch` command group."""
+    """Adds `api`, `at-risk`, `feedback` and `load` to the `churnwatch` command group."""
+    group.add_command(load)
     group.add_command(api)
     group.add_command(at_risk)
     group.add_command(feedback)
