@@ -176,7 +176,7 @@ def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
 ) -> None:
     """
     `churnwatch feedback ALERT_ID VERDICT` stores a verdict once (a repeat says so), the API
-    shows it, `at-risk --json` lists the API's order, and the verdicts exported with
+    and /metrics show it, `at-risk --json` lists the API's order, and the verdicts exported with
     `feedback --export` give the backtest's false-alarm rate per rule.
     """
     alerts = api_site.loaded.alerts
@@ -191,6 +191,9 @@ def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
     assert "verdict" in bad.stderr
     shown = api_site.get_json(f"/api/v1/alerts/{first.alert_id}")
     assert "false_alarm" == shown["verdict"]["verdict"]
+    counts = _verdict_lines(api_site.request("GET", "/metrics").body)
+    assert 1.0 == counts[(second.rule, "useful")]
+    assert 1.0 == counts[(first.rule, "false_alarm")]
     listed = _cli(api_site, "at-risk", "--json", "--limit", "5")
     assert 0 == listed.returncode, listed.stderr
     order = [item["customer_id"] for item in orjson.loads(listed.stdout)["items"]]
