@@ -11,6 +11,7 @@ anchor the change is measured from.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ Sort = Literal["score", "change"]
 SORTS: Final[tuple[Sort, ...]] = ("score", "change")
 _ORDER_OF: Final[dict[Sort, str]] = {"score": "risk", "change": "change"}
 _MODELS_KEPT: Final = 8
+_LOOKUP_TTL_S: Final = 10.0
 
 
 class BadParameterError(ValueError):
@@ -131,20 +133,33 @@ class Views:
         self.history_points = history_points
         self._initial = Scorer(policy.config.model)
         self._models: dict[int, Scorer] = {}
+        self._lookups: dict[int, tuple[float, Scorer]] = {}
 
     # -- models ---------------------------------------------------------------------------
     async def _model_at(self, at: datetime) -> Scorer:
-        """The checkpoint a scoring at `at` used: the newest one up to its scoring epoch."""
+        """
+        The checkpoint a scoring at `at` used: the newest one up to its scoring epoch. Which
+        checkpoint stands for an epoch is looked up again after `_LOOKUP_TTL_S` (the learner
+        may not have written it yet); the models themselves are kept by epoch.
+        """
         epoch = scoring_epoch(at, self.policy.config.model_epoch)
+        now = time.monotonic()
+        known = self._lookups.get(epoch)
+        if known is not None and now - known[0] < _LOOKUP_TTL_S:
+            return known[1]
         found = await self.store.latest_checkpoint(at_most=epoch)
-        if found is None:
-            return self._initial
-        got, data = found
-        model = self._models.get(got)
-        if model is None:
-            model = self._models[got] = Scorer.from_bytes(data)
-            for old in sorted(self._models)[:-_MODELS_KEPT]:
-                del self._models[old]
+        model = self._initial
+        if found is not None:
+            got, data = found
+            cached = self._models.get(got)
+            if cached is None:
+                cached = self._models[got] = Scorer.from_bytes(data)
+                for old in sorted(self._models)[:-_MODELS_KEPT]:
+                    del self._models[old]
+            model = cached
+        self._lookups[epoch] = (now, model)
+        for old in sorted(self._lookups)[: -_MODELS_KEPT * 8]:
+            del self._lookups[old]
         return model
 
     async def explain(self, state: CustomerState) -> tuple[list[Reason], str, dict[str, float]]:
