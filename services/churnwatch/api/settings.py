@@ -1,28 +1,32 @@
 """
-Settings of the at-risk API (`churnwatch api`), pydantic-settings, env prefix `CHURNWATCH_API_`.
-
-Redis comes from `CHURNWATCH_REDIS_*` (the store's settings) and the partition count from
-`CHURNWATCH_KAFKA_PARTITIONS`, as in every other process; the rules file and the model epoch
-from the core's `CHURNWATCH_*` settings.
+Settings of the at-risk API (`churnwatch api`), pydantic-settings: its own as
+`CHURNWATCH_API_*` (`CHURNWATCH_API_PORT`), Redis from `CHURNWATCH_REDIS_*` (the store's
+settings), the partition count from `CHURNWATCH_KAFKA_PARTITIONS` and the core's (the rules
+file, the model epoch) from `CHURNWATCH_*`, as in every other process.
 """
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
 
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
 from churnwatch.settings import CoreSettings
 from churnwatch.store.settings import StoreSettings
 
 
+def _env(name: str) -> AliasChoices:
+    """`CHURNWATCH_API_<NAME>` in the environment, `name` in code."""
+    return AliasChoices(f"CHURNWATCH_API_{name.upper()}", name)
+
+
 class ApiSettings(CoreSettings):
     """Where the API listens and how much it hands out per request."""
 
-    model_config = SettingsConfigDict(env_prefix="CHURNWATCH_API_", extra="ignore")
-
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    host: str = Field(
+        validation_alias=_env("host"), default="127.0.0.1", description="Address to listen on."
+    )
     port: int = Field(
+        validation_alias=_env("port"),
         default=DEFAULT_METRICS_PORTS["api"],
         ge=0,
         le=65535,
@@ -34,7 +38,22 @@ class ApiSettings(CoreSettings):
         validation_alias=AliasChoices("CHURNWATCH_KAFKA_PARTITIONS", "topic_partitions"),
         description="Partitions of churn.events: the at-risk list merges one order per partition.",
     )
-    default_limit: int = Field(default=50, ge=1, description="Page size when none is asked.")
-    max_limit: int = Field(default=500, ge=1, description="Largest page size accepted.")
-    history_points: int = Field(default=500, ge=1, description="Scorings in a customer's chart.")
+    default_limit: int = Field(
+        validation_alias=_env("default_limit"),
+        default=50,
+        ge=1,
+        description="Page size when none is asked.",
+    )
+    max_limit: int = Field(
+        validation_alias=_env("max_limit"),
+        default=500,
+        ge=1,
+        description="Largest page size accepted.",
+    )
+    history_points: int = Field(
+        validation_alias=_env("history_points"),
+        default=500,
+        ge=1,
+        description="Scorings in a customer's chart.",
+    )
     redis: StoreSettings = Field(default_factory=StoreSettings)
