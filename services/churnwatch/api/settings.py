@@ -52,7 +52,7 @@ class ApiSettings(CoreSettings):
     )
     history_points: int = Field(
         validation_alias=_env("history_points"),
-        default=500,
+        default=120,
         ge=1,
         description="Scorings in a customer's chart.",
     )

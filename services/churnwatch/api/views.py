@@ -123,7 +123,7 @@ class Views:
         *,
         partitions: int,
         metrics: Metrics | None = None,
-        history_points: int = 500,
+        history_points: int = 120,
     ) -> None:
         self.store = store
         self.policy = policy

@@ -10,8 +10,8 @@ Key schema (the streaming protocol; every key carries a hash tag):
 - `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset),
   `...:due` ZSET (customer -> next due time, epoch seconds), `...:risk` ZSET (customer ->
   churn probability), `...:outbox` HASH (entry id -> JSON of a record still to produce).
-- `{prefix}:c:{<customer_id>}:hist` ZSET (the customer's scorings, event time -> JSON of
-  at, churn_probability, engagement_score; the newest `history_kept`), `...:alerts` ZSET
+- `{prefix}:c:{<customer_id>}:hist` ZSET (the customer's scorings, event time ->
+  `<epoch ms>|<churn_probability>|<engagement_score>`; the newest `history_kept`), `...:alerts` ZSET
   (event time -> the alert's JSON as published; the newest `alerts_kept`).
 - `{prefix}:p:{<partition>}:change` ZSET (customer -> risk change since the anchor), and per
   segment `...:risk:<segment>`, `...:change:<segment>`: the at-risk list's orders.
@@ -29,7 +29,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias, cast
 
 import orjson
@@ -158,14 +158,25 @@ class HistoryPoint:
     churn_probability: float
     engagement_score: float
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "at": format_ts(self.at),
-                "churn_probability": self.churn_probability,
-                "engagement_score": self.engagement_score,
-            }
-        )
+    def encode(self) -> bytes:
+        """
+        `<epoch ms>|<churn_probability>|<engagement_score>`: short, so that a customer's
+        history (at most 128 members of at most 64 bytes) stays in Redis's compact listpack
+        encoding, about 40 bytes a point.
+        """
+        ms = round(_seconds(self.at, f"history of {self.customer_id!r}") * 1000)
+        return f"{ms}|{self.churn_probability!r}|{self.engagement_score!r}".encode()
+
+
+def decode_history(raw: bytes) -> dict[str, Any]:
+    """A stored history point as the API shows it: at (ISO), churn_probability, score."""
+    ms, p, score = raw.decode().split("|")
+    at = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    return {
+        "at": format_ts(at),
+        "churn_probability": float(p),
+        "engagement_score": float(score),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,7 +678,7 @@ class RedisStore:
         points: dict[str, list[Any]] = {}
         for point in batch.history:
             at = _seconds(point.at, f"history of {point.customer_id!r}")
-            points.setdefault(point.customer_id, []).extend((at, point.to_json()))
+            points.setdefault(point.customer_id, []).extend((at, point.encode()))
         for cid, pairs in points.items():
             commands.append(("ZADD", keys.history(cid), *pairs))
             commands.append(("ZREMRANGEBYRANK", keys.history(cid), 0, -kept.history_kept - 1))
@@ -852,11 +863,11 @@ class RedisStore:
             counts = await self._pipeline(client, [("ZCARD", key) for key in keys])
         return sum(int(n) for n in counts)
 
-    async def score_history(self, customer_id: str, *, limit: int = 500) -> list[dict[str, Any]]:
+    async def score_history(self, customer_id: str, *, limit: int = 128) -> list[dict[str, Any]]:
         """The customer's newest `limit` scorings, oldest first."""
         async with self._op("score_history") as client:
             raw = await client.zrange(self.keys.history(customer_id), -limit, -1)
-        return [orjson.loads(item) for item in cast(list[bytes], raw)]
+        return [decode_history(item) for item in cast(list[bytes], raw)]
 
     async def customer_alerts(self, customer_id: str, *, limit: int = 100) -> list[bytes]:
         """The customer's newest `limit` alerts as published (JSON), newest first."""

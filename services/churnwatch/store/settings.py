@@ -48,7 +48,10 @@ class StoreSettings(BaseSettings):
     )
     checkpoints_kept: int = Field(default=10, ge=1, description="Model checkpoints kept.")
     history_kept: int = Field(
-        default=500, ge=1, description="Scorings kept per customer for its score history."
+        default=120,
+        ge=1,
+        description="Scorings kept per customer for its score history (up to 128 stay in "
+        "Redis's compact encoding, about 40 bytes a point).",
     )
     alerts_kept: int = Field(
         default=100, ge=1, description="Alerts kept per customer for its alert history."
