@@ -17,7 +17,7 @@ from churnwatch.core.engine import (
 )
 from churnwatch.core.events import Event, LoginEvent, PurchaseEvent, TicketEvent
 from churnwatch.core.model import Scorer
-from churnwatch.core.rules import default_rules
+from churnwatch.core.rules import LabelRules, default_rules
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy.build(default_rules(), EngineConfig())
@@ -200,3 +200,28 @@ def test_next_due_is_the_first_silence_checkpoint() -> None:
     """
     state, _ = run(sorted_events(active_history()))
     assert at(29 + 7) == next_due_at(state, POLICY)
+
+
+def test_a_labels_section_sets_the_silence_checkpoints_and_skips_lost_customers() -> None:
+    """
+    With `labels` in the rules, the sweep takes snapshots at its checkpoints (3 and 40 days)
+    instead of the engine's, resolves them after max(H, k x gap) of silence in all, and takes
+    none once the silence is that long already.
+    """
+    rules = default_rules().model_copy(
+        update={"labels": LabelRules(gap_multiple=1.0, silence_checkpoints_days=(3.0, 40.0))}
+    )
+    policy = Policy.build(rules, EngineConfig())
+    state = None
+    for event in sorted_events(active_history()):
+        step = process_event(state, event, watermark=event.ts, model_for=model_for, policy=policy)
+        state = step.state
+    assert state is not None
+    assert at(29 + 3) == next_due_at(state, policy)
+    step = sweep_one(state, until=at(29 + 41), model_for=model_for, policy=policy)
+    # Silent since day 29, buying every 7 days: lost after max(30, 1 x 7) = 30 days, on day 59,
+    # when the last event's snapshot and the one 3 days into the silence both resolve positive;
+    # at 40 days into the silence the customer is lost already, and no snapshot is taken.
+    examples = [(e.taken_at, e.resolved_at, e.churned) for e in step.examples]
+    assert [(at(29), at(59), True), (at(32), at(59), True)] == examples
+    assert () == step.state.pending

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from churnwatch.core.labels import (
     Snapshot,
+    horizon_of,
+    is_lost,
     next_expiry_at,
     resolve_on_activity,
     resolve_on_cancel,
@@ -90,3 +92,47 @@ def test_next_expiry_is_the_earliest_snapshot_plus_horizon() -> None:
     """
     assert next_expiry_at((), horizon=H) is None
     assert T0 + timedelta(days=2) + H == next_expiry_at((snap(9), snap(2)), horizon=H)
+
+
+def shopper(day: float, gap: float, silent: float = 0.0) -> Snapshot:
+    x = {"avg_purchase_gap_days": gap, "days_since_event": silent}
+    return Snapshot(T0 + timedelta(days=day), "silence" if silent else "sample", x)
+
+
+def test_gap_multiple_zero_keeps_the_horizon() -> None:
+    """
+    Without a gap multiple every snapshot waits H, whatever its features.
+    """
+    assert H == horizon_of(shopper(0, gap=40, silent=10), H, 0.0)
+    assert not is_lost({"avg_purchase_gap_days": 1.0, "days_since_event": 300.0}, H, 0.0)
+
+
+def test_gap_multiple_counts_the_whole_silence() -> None:
+    """
+    With k = 3 the silence must last max(H, 3 x the usual gap) in all: a snapshot taken 10
+    days into a silence of a customer who buys every 20 days waits 50 more days; one of a
+    customer who buys every 5 days waits H less the 10 days already silent.
+    """
+    assert timedelta(days=50) == horizon_of(shopper(0, gap=20, silent=10), H, 3.0)
+    assert timedelta(days=20) == horizon_of(shopper(0, gap=5, silent=10), H, 3.0)
+    assert is_lost({"avg_purchase_gap_days": 20.0, "days_since_event": 60.0}, H, 3.0)
+    assert not is_lost({"avg_purchase_gap_days": 20.0, "days_since_event": 59.0}, H, 3.0)
+
+
+def test_gap_multiple_resolves_on_the_snapshots_own_horizon() -> None:
+    """
+    A shopper back after 40 days is a negative with k = 3 and a gap of 20 (it waits 60 days),
+    a positive without; silence resolves it positive only when its 60 days are over.
+    """
+    pending = (shopper(0, gap=20),)
+    back = T0 + timedelta(days=40)
+    _, with_gap = resolve_on_activity("c", pending, at=back, horizon=H, gap_multiple=3.0)
+    _, without = resolve_on_activity("c", pending, at=back, horizon=H)
+    assert ([False], [True]) == ([e.churned for e in with_gap], [e.churned for e in without])
+    kept, early = resolve_on_silence("c", pending, watermark=back, horizon=H, gap_multiple=3.0)
+    _, late = resolve_on_silence(
+        "c", pending, watermark=T0 + timedelta(days=60), horizon=H, gap_multiple=3.0
+    )
+    assert (pending, []) == (kept, early)
+    assert [(T0 + timedelta(days=60), True)] == [(e.resolved_at, e.churned) for e in late]
+    assert T0 + timedelta(days=60) == next_expiry_at(pending, horizon=H, gap_multiple=3.0)

@@ -279,6 +279,14 @@ BROKEN = [
         ],
         id="every-error-at-once",
     ),
+    pytest.param(
+        BASE + "labels:\n  gap_multiple: -1\n  silence_checkpoints_days: [14, 7]\n",
+        [
+            "x.yaml:35: labels.gap_multiple: must be greater than or equal to 0, got -1",
+            "x.yaml:36: labels.silence_checkpoints_days: must be strictly increasing, got [14, 7]",
+        ],
+        id="labels-section",
+    ),
 ]
 
 
@@ -505,3 +513,20 @@ def test_rules_are_frozen() -> None:
     rules = parse_rules(BASE)
     with pytest.raises(ValueError, match="frozen"):
         rules.version = "t2"
+
+
+def test_labels_section_is_optional_and_leaves_the_fingerprint_alone() -> None:
+    """
+    Without a `labels` section the rules carry none and keep the fingerprint they had before
+    the section existed; with one, its values are read and the fingerprint changes.
+    """
+    plain = parse_rules(BASE)
+    labelled = parse_rules(BASE + "labels: {gap_multiple: 3, silence_checkpoints_days: [7, 30]}\n")
+    assert plain.labels is None
+    assert "t1+96996799" == rules_fingerprint(plain)
+    assert labelled.labels is not None
+    assert (3.0, (7.0, 30.0)) == (
+        labelled.labels.gap_multiple,
+        labelled.labels.silence_checkpoints_days,
+    )
+    assert rules_fingerprint(plain) != rules_fingerprint(labelled)

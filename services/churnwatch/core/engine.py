@@ -20,6 +20,8 @@ from churnwatch.core.events import DEFAULT_MAX_EVENT_BYTES, EPOCH, Event
 from churnwatch.core.labels import (
     Example,
     Snapshot,
+    horizon_of,
+    is_lost,
     resolve_on_activity,
     resolve_on_cancel,
     resolve_on_silence,
@@ -68,17 +70,24 @@ class _Plan:
     gap_multiple: float
     inactivity_after: timedelta
     """`timedelta(days=inactivity.days)`: the inactivity rule's time for most customers."""
+    label_gap_multiple: float = 0.0
+    """The rules file's `labels.gap_multiple`: a snapshot's horizon is max(H, k x its gap)."""
 
     @classmethod
     def build(cls, rules: RulesFile, config: EngineConfig) -> _Plan:
         inactivity = rules.inactivity
+        labels = rules.labels
+        checkpoints = tuple(config.silence_checkpoints)
+        if labels is not None and labels.silence_checkpoints_days is not None:
+            checkpoints = tuple(timedelta(days=d) for d in labels.silence_checkpoints_days)
         return cls(
             prior=PriorPlan.build(rules),
-            checkpoints=tuple(config.silence_checkpoints),
+            checkpoints=checkpoints,
             horizon=config.horizon,
             inactivity_days=inactivity.days,
             gap_multiple=inactivity.gap_multiple,
             inactivity_after=timedelta(days=inactivity.days),
+            label_gap_multiple=0.0 if labels is None else labels.gap_multiple,
         )
 
 
@@ -344,8 +353,9 @@ def _next_due(state: CustomerState, plan: _Plan) -> datetime | None:
     pending = state.pending
     if pending:
         horizon = plan.horizon
+        k = plan.label_gap_multiple
         for snap in pending:
-            t = snap.taken_at + horizon
+            t = snap.taken_at + (horizon if k <= 0.0 else horizon_of(snap, horizon, k))
             if t > after and (best is None or t < best):
                 best = t
     return best
@@ -494,7 +504,11 @@ def _sweep(
         if due is None or due > until or (due == until and not inclusive):
             break
         pending, expired = resolve_on_silence(
-            state.customer_id, state.pending, watermark=due, horizon=horizon
+            state.customer_id,
+            state.pending,
+            watermark=due,
+            horizon=horizon,
+            gap_multiple=plan.label_gap_multiple,
         )
         examples.extend(expired)
         last = state.last_activity_at
@@ -533,7 +547,7 @@ def _sweep(
         extra_states: dict[str, al.RuleState] = {}
         if due == inactive_at:
             extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
-        if due - last in checkpoints:
+        if due - last in checkpoints and not is_lost(x, horizon, plan.label_gap_multiple):
             pending = (*pending, Snapshot(due, "silence", x))
         rule_states = dict(state.rules)
         made, anchor, next_anchor = _decide(
@@ -622,7 +636,11 @@ def process_event(
         cancelled_at: datetime | None = ts
     else:
         pending, resolved = resolve_on_activity(
-            state.customer_id, state.pending, at=ts, horizon=cfg.horizon
+            state.customer_id,
+            state.pending,
+            at=ts,
+            horizon=cfg.horizon,
+            gap_multiple=policy.plan.label_gap_multiple,
         )
         examples.extend(resolved)
         cancelled_at = None

@@ -5,6 +5,12 @@ A snapshot taken at time `s` asks "will this customer be silent for the whole la
 after `s`?". It resolves negative at the customer's next activity within the horizon, and
 positive when the horizon passes in silence or an explicit cancellation arrives. A snapshot holds
 only features computed up to `s`, so an example never sees its own future.
+
+The horizon of a snapshot is the label horizon H. With a `gap_multiple` k > 0 (the rules
+file's `labels` section) a snapshot asks instead "will the silence this customer is in last
+max(H, k x its usual gap between purchases) in all?", the gap and the silence so far read from
+the snapshot's own features: for a shopper who buys every few weeks, "silent for H" measures
+how often it buys, not whether it left.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 SnapshotKind = Literal["event", "sample", "silence"]
+_DAY: Final = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +55,47 @@ class Example:
         return f"{self.customer_id}|{self.taken_at.isoformat()}"
 
 
+GAP_FEATURE: Final = "avg_purchase_gap_days"
+"""The feature a snapshot's own horizon is read from (0 until the second purchase)."""
+SILENCE_FEATURE: Final = "days_since_event"
+"""How long the silence a snapshot was taken in had lasted."""
+
+
+def horizon_of(snap: Snapshot, horizon: timedelta, gap_multiple: float) -> timedelta:
+    """
+    How long after it was taken `snap` waits for activity before it resolves positive.
+
+    `horizon` H when `gap_multiple` k is 0. With k > 0, the silence the snapshot is in must
+    last max(H, k x the usual purchase gap) in all, counted from the last activity: the
+    horizon is that less the days of silence the snapshot already saw (`days_since_event`).
+    It is not positive when the silence is that long already (`is_lost`).
+    """
+    if gap_multiple <= 0.0:
+        return horizon
+    x = snap.x
+    days = max(horizon / _DAY, gap_multiple * x.get(GAP_FEATURE, 0.0))
+    return timedelta(days=days - x.get(SILENCE_FEATURE, 0.0))
+
+
+def is_lost(x: Mapping[str, float], horizon: timedelta, gap_multiple: float) -> bool:
+    """
+    Whether features `x` show a silence of max(H, k x the usual purchase gap) already: the
+    customer is lost by the label's own definition, and a snapshot of it would teach nothing.
+    Never with `gap_multiple` 0.
+    """
+    if gap_multiple <= 0.0:
+        return False
+    days = max(horizon / _DAY, gap_multiple * x.get(GAP_FEATURE, 0.0))
+    return x.get(SILENCE_FEATURE, 0.0) >= days
+
+
 def resolve_on_activity(
     customer_id: str,
     pending: tuple[Snapshot, ...],
     *,
     at: datetime,
     horizon: timedelta,
+    gap_multiple: float = 0.0,
 ) -> tuple[tuple[Snapshot, ...], list[Example]]:
     """
     Resolve the snapshots taken before an activity at `at`.
@@ -63,10 +105,11 @@ def resolve_on_activity(
         pending: the customer's unresolved snapshots.
         at: the time of the new activity.
         horizon: the label horizon H.
+        gap_multiple: with k > 0, a snapshot's horizon is max(H, k x its usual purchase gap).
 
     Returns:
         The snapshots still pending (those taken at or after `at`) and the examples resolved:
-        negative when `at` falls within H of the snapshot, positive otherwise. An `event`
+        negative when `at` falls within the snapshot's horizon, positive otherwise. An `event`
         candidate that resolves negative is dropped, not learned: the periodic samples carry
         the negatives, so every churn contributes one positive and every week of activity one
         negative.
@@ -77,7 +120,9 @@ def resolve_on_activity(
         if snap.taken_at >= at:
             keep.append(snap)
             continue
-        churned = at - snap.taken_at > horizon
+        churned = at - snap.taken_at > (
+            horizon if gap_multiple <= 0.0 else horizon_of(snap, horizon, gap_multiple)
+        )
         if churned or snap.kind != "event":
             examples.append(Example(customer_id, snap.taken_at, at, snap.x, churned))
     return tuple(keep), examples
@@ -89,6 +134,7 @@ def resolve_on_silence(
     *,
     watermark: datetime,
     horizon: timedelta,
+    gap_multiple: float = 0.0,
 ) -> tuple[tuple[Snapshot, ...], list[Example]]:
     """
     Resolve as positive every snapshot whose horizon has passed in silence by `watermark`.
@@ -98,6 +144,7 @@ def resolve_on_silence(
         pending: the customer's unresolved snapshots (no activity after any of them yet).
         watermark: event time up to which the silence is known to be complete.
         horizon: the label horizon H.
+        gap_multiple: with k > 0, a snapshot's horizon is max(H, k x its usual purchase gap).
 
     Returns:
         The snapshots still pending and the positive examples resolved, in `taken_at` order.
@@ -105,7 +152,9 @@ def resolve_on_silence(
     keep: list[Snapshot] = []
     examples: list[Example] = []
     for snap in pending:
-        resolved_at = snap.taken_at + horizon
+        resolved_at = snap.taken_at + (
+            horizon if gap_multiple <= 0.0 else horizon_of(snap, horizon, gap_multiple)
+        )
         if resolved_at <= watermark:
             examples.append(Example(customer_id, snap.taken_at, resolved_at, snap.x, True))
         else:
@@ -126,10 +175,12 @@ def resolve_on_cancel(
     ]
 
 
-def next_expiry_at(pending: tuple[Snapshot, ...], *, horizon: timedelta) -> datetime | None:
+def next_expiry_at(
+    pending: tuple[Snapshot, ...], *, horizon: timedelta, gap_multiple: float = 0.0
+) -> datetime | None:
     """
     When the earliest pending snapshot would resolve positive if the silence goes on.
     """
     if not pending:
         return None
-    return min(snap.taken_at for snap in pending) + horizon
+    return min(snap.taken_at + horizon_of(snap, horizon, gap_multiple) for snap in pending)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -360,6 +361,35 @@ class InactivityRule(_Model):
     cooldown_days: NonNegative
 
 
+def _check_checkpoints(days: tuple[float, ...]) -> tuple[float, ...]:
+    if not days:
+        msg = "expected at least one checkpoint in days, such as [7, 14], got []"
+        raise ValueError(msg)
+    if any(b <= a for a, b in itertools.pairwise(days)):
+        listed = ", ".join(f"{d:g}" for d in days)
+        msg = f"must be strictly increasing, got [{listed}]"
+        raise ValueError(msg)
+    return days
+
+
+SilenceCheckpoints = Annotated[tuple[Positive, ...], AfterValidator(_check_checkpoints)]
+
+
+class LabelRules(_Model):
+    """
+    How a silence becomes a training label (the optional `labels` section; absent, the engine's
+    own: silent for the label horizon H, snapshots at its silence checkpoints).
+
+    `gap_multiple` k > 0: a training snapshot is positive only when the customer stays silent
+    for the longer of H and k times its usual gap between purchases (as the snapshot saw it).
+    `silence_checkpoints_days`: the days into a silence at which the sweep re-scores the
+    customer and takes a training snapshot, in place of the engine's (7 and 14 days).
+    """
+
+    gap_multiple: NonNegative = 0.0
+    silence_checkpoints_days: SilenceCheckpoints | None = None
+
+
 class RouteWhen(_Model):
     """
     The conditions of a route; an omitted key matches anything.
@@ -466,6 +496,7 @@ class RulesFile(_Model):
     event_rules: EventRules = ()
     inactivity: InactivityRule
     routing: Routing
+    labels: LabelRules | None = None
 
     @model_validator(mode="after")
     def _cross_check(self) -> RulesFile:
@@ -1023,8 +1054,9 @@ def rules_fingerprint(rules: RulesFile) -> str:
     Comments, formatting and key order do not change it; any value does, so alerts from an
     edited file whose version was not bumped can still be told apart. Compute it once per load.
     """
-    canonical = json.dumps(
-        rules.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    data = rules.model_dump(mode="json")
+    if rules.labels is None:
+        del data["labels"]  # files without the section keep the fingerprint they always had
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
     return f"{rules.version}+{digest}"
