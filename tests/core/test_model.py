@@ -398,3 +398,46 @@ def test_version_names_kind_and_labels() -> None:
     expected = 3
     assert scorer.version.startswith("hat-3-")
     assert expected == scorer.n_labels
+
+
+def test_logreg_learns_as_rivers_own_pipeline_bit_for_bit() -> None:
+    """
+    A logreg scorer predicts and learns bit for bit as River's own pipeline on its features.
+    """
+    from churnwatch.core import model as model_module
+
+    config = ModelConfig()
+    reference = model_module._build_pipeline(config)
+    scorer = Scorer(config)
+    stream = separable_stream(600, seed=3)
+    for i, (x, churned) in enumerate(stream):
+        if i % 97 == 5:
+            x = {**x, "ticket_load": math.nan}
+        if i % 89 == 7:
+            x = {name: value for name, value in x.items() if name != "ltv"}
+        xt = {
+            name: math.copysign(math.log1p(abs(value)), value)
+            for name, value in sorted(x.items())
+            if math.isfinite(value)
+        }
+        proba = reference.predict_proba_one(xt) if i else {}
+        expected_p = proba.get(True, 0.5) / sum(proba.values()) if proba else 0.5
+        reference.learn_one(xt, churned)
+        if i % 2:
+            actual_p = scorer.predict_learn_one(x, churned)
+            assert min(max(expected_p, 1e-6), 1 - 1e-6) == actual_p
+        else:
+            scorer.learn_one(x, churned)
+        if i % 150 == 0:
+            scorer.copy()  # a checkpoint between examples
+    expected = model_module._pickle(reference)
+    assert expected == model_module._pickle(scorer.copy()._pipeline)
+
+
+def test_fast_learning_paths_are_on_with_the_installed_river() -> None:
+    """
+    The fast learning paths agree with the installed River release, so they are in use.
+    """
+    from churnwatch.core import model as model_module
+
+    assert model_module._fast_learning_agrees()

@@ -322,11 +322,159 @@ def _learn_regression(model: Any, x: dict[str, float], label: bool) -> None:
         model._weights = weights  # _exit_learn_mode
 
 
+class _Flat:
+    """
+    A `logreg` pipeline's learning state held in flat lists, one entry per known name in
+    `names` order: the scaler's counts, means and variances, the regression's weights, its
+    intercept and the optimizer's step count. `step` is `_predict_learn_logreg` (or
+    `_learn_logreg`) on them: River's operations, in River's order, on the same values, without
+    a dict per operation. The River objects are stale while a scorer holds one of these;
+    `flush` writes the values back (into the keys that are there already, so their order and
+    the pickle stay as River's own steps leave them).
+
+    Built only where the order of every River dict is `names` (then River's dot products sum in
+    that order too) and the schedules are constant; an example without every name, or with a
+    value that is not finite, goes through River's own steps after a `flush`.
+    """
+
+    __slots__ = (
+        "clip",
+        "counts",
+        "gradient",
+        "intercept",
+        "intercept_lr",
+        "l2",
+        "lr",
+        "means",
+        "model",
+        "n_iterations",
+        "names",
+        "scaler",
+        "values_of",
+        "vars",
+        "weights",
+    )
+
+    def __init__(self, steps: tuple[Any, Any], names: tuple[str, ...]) -> None:
+        scaler, model = steps
+        optimizer = model.optimizer
+        self.scaler = scaler
+        self.model = model
+        self.names = names
+        self.counts: list[int] = [scaler.counts[name] for name in names]
+        self.means: list[float] = [scaler.means[name] for name in names]
+        self.vars: list[float] = [scaler.vars[name] for name in names]
+        self.weights: list[float] = [model._weights[name] for name in names]
+        self.intercept: float = model.intercept
+        self.n_iterations: int = optimizer.n_iterations
+        # Constant schedules (checked by `_logreg_steps`): the same rate at every step.
+        self.lr: float = optimizer.lr.get(optimizer.n_iterations)
+        self.intercept_lr: float = model.intercept_lr.get(optimizer.n_iterations)
+        self.l2: float = model.l2
+        self.clip: float = model.clip_gradient
+        self.gradient: Callable[..., float] = model.loss.gradient
+        self.values_of = _values_getter(names)
+
+    @classmethod
+    def build(cls, steps: tuple[Any, Any], names: tuple[str, ...]) -> _Flat | None:
+        scaler, model = steps
+        order = list(names)
+        if (
+            not names
+            or list(scaler.counts) != order
+            or list(scaler.means) != order
+            or list(scaler.vars) != order
+            or list(model._weights.keys()) != order
+        ):
+            return None
+        return cls(steps, names)
+
+    def prepare(self, x: Mapping[str, float], use_log: bool) -> list[float] | None:
+        """`Scorer._prepare(x)`'s values when `x` has every name with a finite value, else None."""
+        try:
+            raws = self.values_of(x) if type(x) is dict else tuple(x[n] for n in self.names)
+        except KeyError:
+            return None
+        log1p = math.log1p
+        out: list[float] = []
+        for raw in raws:
+            if raw is None:
+                return None
+            value = raw if type(raw) is float else float(raw)
+            if value - value != 0.0:  # not finite
+                return None
+            if use_log and value != 0.0:  # log1p(+-0.0) is +-0.0
+                value = log1p(value) if value >= 0 else -log1p(-value)
+            out.append(value)
+        return out
+
+    def step(self, xt: list[float], label: bool, predict: bool) -> float:
+        """
+        Learn one prepared example; with `predict`, first the probability River's
+        `predict_proba_one` gives for it (its True entry), else 0.0.
+        """
+        counts = self.counts
+        means = self.means
+        vars_ = self.vars
+        weights = self.weights
+        after: list[float] = []
+        z = 0.0  # the dot product of the weights and the values scaled before learning
+        for k, xi in enumerate(xt):
+            var = vars_[k]
+            old_mean = means[k]
+            if predict:
+                # StandardScaler.transform_one, before learning, times the weight
+                z += weights[k] * ((xi - old_mean) / var**0.5 if var else 0.0)
+            # StandardScaler.learn_one, then transform_one
+            count = counts[k] + 1
+            counts[k] = count
+            mean = old_mean + (xi - old_mean) / count
+            means[k] = mean
+            var = var + ((xi - old_mean) * (xi - mean) - var) / count
+            vars_[k] = var
+            after.append((xi - mean) / var**0.5 if var else 0.0)
+        p = river_math.sigmoid(z + self.intercept) if predict else 0.0
+        # LogisticRegression.learn_one (`_learn_regression`): the gradient at the scaled values
+        dot = 0.0
+        for w, xi in zip(weights, after, strict=True):
+            dot += w * xi
+        loss_gradient = self.gradient(y_true=label, y_pred=dot + self.intercept)
+        loss_gradient *= 1.0  # the sample weight
+        clip = self.clip
+        loss_gradient = float(max(min(loss_gradient, clip), -clip))
+        l2 = self.l2
+        lr = self.lr
+        self.intercept -= self.intercept_lr * loss_gradient
+        if l2:
+            for k, xi in enumerate(after):
+                w = weights[k]
+                weights[k] = w - lr * (xi * loss_gradient + l2 * w)
+        else:
+            for k, xi in enumerate(after):
+                weights[k] -= lr * (xi * loss_gradient)
+        self.n_iterations += 1
+        return p
+
+    def flush(self) -> None:
+        """Write the values back into River's objects."""
+        scaler = self.scaler
+        model = self.model
+        counts, means, vars_ = scaler.counts, scaler.means, scaler.vars
+        weights = model._weights
+        for k, name in enumerate(self.names):
+            counts[name] = self.counts[k]
+            means[name] = self.means[k]
+            vars_[name] = self.vars[k]
+            weights[name] = self.weights[k]
+        model.intercept = self.intercept
+        model.optimizer.n_iterations = self.n_iterations
+
+
 @functools.cache
 def _fast_learning_agrees() -> bool:
     """
-    Whether the fast paths (`_learn_logreg`, `_predict_learn_logreg`, and the River steps they
-    call) predict and learn exactly as River's own `Pipeline.predict_proba_one` and
+    Whether the fast paths (`_learn_logreg`, `_predict_learn_logreg`, `_Flat`, and the River
+    steps they call) predict and learn exactly as River's own `Pipeline.predict_proba_one` and
     `Pipeline.learn_one` do: the same probabilities, and the same pickle after learning (so the
     same bits and the same key order). Checked once per process on a few made-up examples; if
     a River release changes its arithmetic or its internals, the fast paths turn off.
@@ -341,21 +489,34 @@ def _fast_learning_agrees() -> bool:
     reference = _build_pipeline(config)
     fast = _build_pipeline(config)
     fused = _build_pipeline(config)
-    for pipeline in (reference, fast, fused):
+    flat_pipeline = _build_pipeline(config)
+    for pipeline in (reference, fast, fused, flat_pipeline):
         # builds River's plan, as Scorer.learn_one's first call does
         pipeline.learn_one(*examples[0])
     steps = (fast.steps["scale"], fast.steps["model"])
     fused_steps = (fused.steps["scale"], fused.steps["model"])
     names = tuple(sorted(examples[0][0]))
+    flat = _Flat.build((flat_pipeline.steps["scale"], flat_pipeline.steps["model"]), names)
+    if flat is None:
+        return False
     for x, label in examples[1:]:
         expected = reference.predict_proba_one(x)
         reference.learn_one(x, label)
         _learn_logreg(steps, dict(x), label)
         xt, proba = _predict_learn_logreg(fused_steps, x, names, False, label)
-        if proba != expected or xt != x:
+        flat_xt = flat.prepare(x, False)
+        if flat_xt is None:
             return False
+        p = flat.step(flat_xt, label, True)
+        if proba != expected or xt != x or {False: 1.0 - p, True: p} != expected:
+            return False
+    flat.flush()
     reference_bytes = _pickle(reference)
-    return _pickle(fast) == reference_bytes and _pickle(fused) == reference_bytes
+    return (
+        _pickle(fast) == reference_bytes
+        and _pickle(fused) == reference_bytes
+        and _pickle(flat_pipeline) == reference_bytes
+    )
 
 
 @functools.cache
@@ -477,6 +638,7 @@ class Scorer:
         "_compiled",
         "_config",
         "_digest",
+        "_flat",
         "_known",
         "_n_labels",
         "_names",
@@ -497,6 +659,9 @@ class Scorer:
         self._digest = _initial_digest(config)
         self._compiled: _Linear | None = None
         self._version: str | None = None  # `version`, built on first use after each change
+        # The learning state in flat lists while the model learns (`_Flat`): the pipeline is
+        # stale until `_flush`, which everything that reads the pipeline calls first.
+        self._flat: _Flat | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -583,6 +748,7 @@ class Scorer:
         if self._config.kind != "logreg" or self._n_labels == 0:
             return None
         if self._compiled is None:
+            self._flush()
             self._compiled = _Linear.build(self._pipeline, self._names)
         return self._compiled
 
@@ -592,6 +758,7 @@ class Scorer:
             # predict_proba_one (sizing its feature subspaces from that input), so a predict
             # before any learn would change the model; this keeps predicting read-only.
             return 0.5
+        self._flush()
         steps = self._logreg_steps()
         if steps is None:
             proba = self._pipeline.predict_proba_one(xt)
@@ -640,7 +807,51 @@ class Scorer:
             x: the features of the snapshot the label belongs to; `x` is not changed.
             churned: True when the customer churned within the label horizon.
         """
-        self._learn_prepared(x, None, churned)
+        if self._learn_flat(x, churned, predict=False) is None:
+            self._learn_prepared(x, None, churned)
+
+    def _flush(self) -> None:
+        """Bring the River pipeline up to date with the flat learning state, and drop it."""
+        flat = self._flat
+        if flat is not None:
+            self._flat = None
+            flat.flush()
+
+    def _learn_flat(self, x: Mapping[str, float], churned: bool, *, predict: bool) -> float | None:
+        """
+        `learn_one` (with `predict`, `predict_learn_one`) on the flat learning state, where it
+        applies: a `logreg` model that has learned, and `x` with exactly the known names, every
+        value finite. Returns the prediction made before learning (0.0 without `predict`), or
+        None, having done nothing, where it does not apply.
+        """
+        flat = self._flat
+        if flat is None:
+            steps = self._logreg_steps() if self._n_labels else None
+            if steps is None:
+                return None
+            flat = _Flat.build(steps, self._names)
+            if flat is None:
+                return None
+            self._flat = flat
+        if len(x) != len(flat.names):
+            return None
+        xt = flat.prepare(x, self._config.log1p)
+        if xt is None:
+            return None
+        label = bool(churned)
+        p = flat.step(xt, label, predict)
+        self._compiled = None
+        self._version = None
+        self._n_labels += 1
+        # `_chain`, with every name present
+        packed = _pack(len(xt)).pack(label, *xt)
+        self._digest = hashlib.blake2b(self._digest + packed, digest_size=16).digest()
+        if not predict:
+            return 0.0
+        # `_predict_prepared`'s arithmetic on River's {False: 1 - p, True: p}
+        total = (1.0 - p) + p
+        p = p / total if total > 0 else 0.5
+        return min(max(p, _EPS), 1.0 - _EPS)
 
     def predict_learn_one(self, x: Mapping[str, float], churned: bool) -> float:
         """
@@ -650,6 +861,10 @@ class Scorer:
         Returns:
             The prediction made before learning.
         """
+        p_flat = self._learn_flat(x, churned, predict=True)
+        if p_flat is not None:
+            return p_flat
+        self._flush()
         steps = self._logreg_steps() if self._n_labels else None
         if steps is None or not self._known.issuperset(x):
             xt = self._prepare(x)
@@ -670,6 +885,7 @@ class Scorer:
     def _learn_prepared(
         self, x: Mapping[str, float], xt: dict[str, float] | None, churned: bool
     ) -> None:
+        self._flush()
         known = self._known
         # A name joins the model with its first finite value, so every known name has
         # statistics in the scaler (whose dicts would otherwise grow while predicting).
@@ -723,6 +939,7 @@ class Scorer:
         if not xt:
             return result
         if self._config.kind == "logreg":
+            self._flush()
             scaled = self._pipeline.steps["scale"].transform_one(xt)
             weights = self._pipeline.steps["model"].weights
             for name, value in scaled.items():
@@ -754,6 +971,7 @@ class Scorer:
         The payload is a pickle of the config (as a dict), the River pipeline and the
         counters. The same history gives the same bytes, and `from_bytes(b).to_bytes() == b`.
         """
+        self._flush()
         state = {
             "config": dataclasses.asdict(self._config),
             "pipeline": self._pipeline,
@@ -825,6 +1043,7 @@ class Scorer:
             scorer._digest = bytes(state["digest"])
             scorer._compiled = None
             scorer._version = None
+            scorer._flat = None
         except (
             pickle.UnpicklingError,
             AttributeError,
@@ -847,6 +1066,7 @@ class Scorer:
         """
         An independent deep copy; scorers freeze one per model epoch.
         """
+        self._flush()
         twin = Scorer.__new__(Scorer)
         twin._config = self._config
         twin._pipeline = _copy.deepcopy(self._pipeline)
@@ -856,6 +1076,7 @@ class Scorer:
         twin._digest = self._digest
         twin._compiled = None
         twin._version = self._version
+        twin._flat = None
         return twin
 
     def __repr__(self) -> str:
