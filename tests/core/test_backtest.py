@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import statistics
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,13 @@ from churnwatch.core.engine import EngineConfig, Policy
 from churnwatch.core.errors import ChurnwatchError
 from churnwatch.core.rules import default_rules, parse_rules
 from churnwatch.replay import backtest as bt
-from churnwatch.replay.baselines import average_precision_of, brier, precision_at, roc_curve
+from churnwatch.replay.baselines import (
+    average_precision_of,
+    brier,
+    precision_at,
+    prepare,
+    roc_curve,
+)
 from churnwatch.replay.commands import register
 from churnwatch.replay.demo import run_demo
 from churnwatch.replay.evaluation import AlertLog, ChurnTruth
@@ -453,6 +460,17 @@ def test_ranking_measures_on_a_known_case() -> None:
     assert pytest.approx((0.01 + 0.64 + 0.09 + 0.01) / 4) == brier(labels, scores)
     curve = roc_curve(labels, scores)
     assert ((0.0, 0.0), (1.0, 1.0)) == ((curve.x[0], curve.y[0]), (curve.x[-1], curve.y[-1]))
+
+
+def test_the_batch_rows_hold_the_model_inputs() -> None:
+    """
+    A batch row has one column per model input, in order, through the signed log1p; a missing
+    or non-finite value is 0.
+    """
+    x = {"b": 1.0, "a": -3.0, "c": float("nan")}
+    assert pytest.approx([0.0, math.log1p(1.0), -math.log1p(3.0), 0.0]) == prepare(
+        x, ("missing", "b", "a", "c")
+    )
 
 
 def test_lead_days_of_one_churner() -> None:

@@ -79,15 +79,6 @@ def test_online_model_is_within_slack_of_the_batch_model(full: BacktestResult) -
     assert all(bar.passed for bar in full.bars), full.bars
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "purchases only (rules/examples/ecommerce.yaml, labels relative to the purchase gap): "
-        "the online model ranks above recency but below the prior and 0.016 below the batch "
-        "model (AUC 0.708 vs. 0.705, 0.735 and 0.724 at 3,000 customers); see "
-        "benchmarks/results/backtest_quality.md"
-    ),
-)
 def test_purchases_only_history_ranks_churners(shop: BacktestResult) -> None:
     """
     On the same history reduced to its purchases, the online model still ranks churners above

@@ -16,8 +16,9 @@ from churnwatch.core.engine import (
     sweep_one,
 )
 from churnwatch.core.events import Event, LoginEvent, PurchaseEvent, TicketEvent
-from churnwatch.core.model import Scorer
-from churnwatch.core.rules import LabelRules, default_rules
+from churnwatch.core.features import FEATURE_NAMES
+from churnwatch.core.model import ModelConfig, Scorer
+from churnwatch.core.rules import PRIOR_INPUT, LabelRules, ModelRules, default_rules, prior_logit
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy.build(default_rules(), EngineConfig())
@@ -225,3 +226,31 @@ def test_a_labels_section_sets_the_silence_checkpoints_and_skips_lost_customers(
     examples = [(e.taken_at, e.resolved_at, e.churned) for e in step.examples]
     assert [(at(29), at(59), True), (at(32), at(59), True)] == examples
     assert () == step.state.pending
+
+
+def test_a_model_section_gives_the_model_the_prior_and_its_learning_rate() -> None:
+    """
+    With `model: {prior_input: true, learning_rate: 0.002}` every vector (scoring and training
+    snapshots) carries the prior's logit besides the features, and the policy's model learns
+    at 0.002 with the engine's other settings; without the section neither changes.
+    """
+    rules = default_rules().model_copy(
+        update={"model": ModelRules(prior_input=True, learning_rate=0.002)}
+    )
+    config = EngineConfig(model=ModelConfig(l2=0.005, min_labels=7))
+    policy = Policy.build(rules, config)
+    assert ModelConfig(learning_rate=0.002, l2=0.005, min_labels=7) == policy.config.model
+    assert config == Policy.build(default_rules(), config).config
+    state = None
+    for event in sorted_events(active_history()):
+        step = process_event(state, event, watermark=event.ts, model_for=model_for, policy=policy)
+        state = step.state
+        assert step.scoring is not None
+        expected = prior_logit(step.scoring.prior_probability)
+        assert all(expected == s.x[PRIOR_INPUT] for s in state.pending if s.taken_at == event.ts)
+    assert state is not None
+    step = sweep_one(state, until=at(29 + 60), model_for=model_for, policy=policy)
+    assert step.examples
+    assert all((*FEATURE_NAMES, PRIOR_INPUT) == tuple(e.x) for e in step.examples)
+    _, steps = run(sorted_events(active_history()))
+    assert all(tuple(FEATURE_NAMES) == tuple(s.x) for s in steps[-1].state.pending)

@@ -109,3 +109,13 @@ def test_every_known_feature_has_words() -> None:
 
     for name in KNOWN_FEATURES:
         assert not explain.describe(name, {name: 1.0}).startswith(name)
+
+
+def test_the_prior_input_reads_as_the_rules_health_points() -> None:
+    """
+    The prior's logit as a model input is described as the rules' health points it stands for.
+    """
+    from churnwatch.core.rules import PRIOR_INPUT, prior_logit
+
+    x = {PRIOR_INPUT: prior_logit(0.25)}
+    assert "health points 75 of 100 by the rules" == explain.describe(PRIOR_INPUT, x)

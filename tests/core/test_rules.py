@@ -4,6 +4,7 @@ Tests of the rules file: loading, validation errors with file and line, and the 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churnwatch.core.errors import ConfigError
+from churnwatch.core.features import FEATURE_NAMES
 from churnwatch.core.rules import (
     KNOWN_FEATURES,
+    PRIOR_INPUT,
     PointHit,
     PriorResult,
     RulesFile,
@@ -21,6 +24,7 @@ from churnwatch.core.rules import (
     is_onboarding,
     load_rules,
     parse_rules,
+    prior_logit,
     prior_points,
     route,
     rules_fingerprint,
@@ -287,6 +291,16 @@ BROKEN = [
         ],
         id="labels-section",
     ),
+    pytest.param(
+        BASE + "model:\n  prior_input: yes please\n  learning_rate: 0\n  momentum: 0.9\n",
+        [
+            "x.yaml:35: model.prior_input: must be a valid boolean, got 'yes please'",
+            "x.yaml:36: model.learning_rate: must be greater than 0, got 0",
+            "x.yaml:37: model.momentum: unknown key 'momentum' (expected one of: prior_input, "
+            "learning_rate, l2)",
+        ],
+        id="model-section",
+    ),
 ]
 
 
@@ -530,3 +544,31 @@ def test_labels_section_is_optional_and_leaves_the_fingerprint_alone() -> None:
         labelled.labels.silence_checkpoints_days,
     )
     assert rules_fingerprint(plain) != rules_fingerprint(labelled)
+
+
+def test_model_section_is_optional_and_names_the_model_inputs() -> None:
+    """
+    Without a `model` section the model's inputs are the features and the fingerprint is the
+    one from before the section existed; `prior_input: true` adds the prior's logit.
+    """
+    plain = parse_rules(BASE)
+    stacked = parse_rules(BASE + "model: {prior_input: true, learning_rate: 0.001, l2: 0}\n")
+    assert plain.model is None
+    assert "t1+96996799" == rules_fingerprint(plain)
+    assert FEATURE_NAMES == plain.model_inputs
+    assert stacked.model is not None
+    assert (True, 0.001, 0.0) == (
+        stacked.model.prior_input,
+        stacked.model.learning_rate,
+        stacked.model.l2,
+    )
+    assert (*FEATURE_NAMES, PRIOR_INPUT) == stacked.model_inputs
+    assert rules_fingerprint(plain) != rules_fingerprint(stacked)
+
+
+def test_prior_logit_is_bounded() -> None:
+    """
+    The prior's logit is log(p / (1 - p)), with p taken within [0.01, 0.99].
+    """
+    expected = [math.log(0.01 / 0.99), 0.0, math.log(0.25 / 0.75), math.log(0.99 / 0.01)]
+    assert pytest.approx(expected) == [prior_logit(p) for p in (0.0, 0.5, 0.25, 1.0)]

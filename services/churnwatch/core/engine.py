@@ -7,6 +7,7 @@ clock: the event's `ts`, the watermark and the sweep's due time are the only tim
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +28,14 @@ from churnwatch.core.labels import (
     resolve_on_silence,
 )
 from churnwatch.core.model import ModelConfig, blend, engagement_score, model_weight
-from churnwatch.core.rules import PriorPlan, RulesFile, route, rules_fingerprint
+from churnwatch.core.rules import (
+    PRIOR_INPUT,
+    PriorPlan,
+    RulesFile,
+    prior_logit,
+    route,
+    rules_fingerprint,
+)
 from churnwatch.core.state import Anchor, CustomerState
 
 _DAY: Final = timedelta(days=1)
@@ -72,6 +80,8 @@ class _Plan:
     """`timedelta(days=inactivity.days)`: the inactivity rule's time for most customers."""
     label_gap_multiple: float = 0.0
     """The rules file's `labels.gap_multiple`: a snapshot's horizon is max(H, k x its gap)."""
+    prior_input: bool = False
+    """The rules file's `model.prior_input`: the vector carries the prior's logit."""
 
     @classmethod
     def build(cls, rules: RulesFile, config: EngineConfig) -> _Plan:
@@ -88,6 +98,7 @@ class _Plan:
             gap_multiple=inactivity.gap_multiple,
             inactivity_after=timedelta(days=inactivity.days),
             label_gap_multiple=0.0 if labels is None else labels.gap_multiple,
+            prior_input=rules.model is not None and rules.model.prior_input,
         )
 
 
@@ -106,7 +117,24 @@ class Policy:
 
     @classmethod
     def build(cls, rules: RulesFile, config: EngineConfig | None = None) -> Policy:
-        return cls(rules, rules_fingerprint(rules), config or EngineConfig())
+        """
+        The policy of `rules` and `config`; the rules file's `model` section, where it sets
+        `learning_rate` or `l2`, overrides `config.model`'s.
+        """
+        config = config or EngineConfig()
+        section = rules.model
+        if section is not None and (section.learning_rate is not None or section.l2 is not None):
+            model = dataclasses.replace(
+                config.model,
+                learning_rate=(
+                    config.model.learning_rate
+                    if section.learning_rate is None
+                    else section.learning_rate
+                ),
+                l2=config.model.l2 if section.l2 is None else section.l2,
+            )
+            config = dataclasses.replace(config, model=model)
+        return cls(rules, rules_fingerprint(rules), config)
 
 
 class ModelView(Protocol):
@@ -210,8 +238,10 @@ def score_at(
         policy: rules and config.
 
     Returns:
-        The feature vector and the scoring. Customers still onboarding (rules file,
-        `onboarding`) are scored by the onboarding profile alone: cold start is explicit.
+        The feature vector (the model's inputs: with the rules file's `model.prior_input`,
+        the prior's logit besides the features) and the scoring. Customers still onboarding
+        (rules file, `onboarding`) are scored by the onboarding profile alone: cold start is
+        explicit.
     """
     x, scoring, _ = _score(features, at, model, policy, explained=False)
     return x, scoring
@@ -234,6 +264,8 @@ def _score(
     # The plan's prior is `prior_points(rules, x, texts=False)`, with the prior's factors
     # (`-points / 100` per matched feature) summed in the same order.
     prior_p, onboarding, prior_factors = prior.evaluate(x)
+    if policy.plan.prior_input:
+        x[PRIOR_INPUT] = prior_logit(prior_p)
     n_labels = model.n_labels
     weight = 0.0 if onboarding else model_weight(n_labels, cfg.model)
     model_p: float | None = None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from churnwatch.core.alerts import Reason
+from churnwatch.core.rules import PRIOR_INPUT
 
 _EPS: Final = 1e-9
 
@@ -111,6 +112,7 @@ _TEXTS: Final[dict[str, Callable[[float], str]]] = {
     "avg_purchase_gap_days": lambda v: f"usually buys every {v:.0f} days",
     "purchase_gap_ratio": lambda v: f"{v:.1f}x the usual gap since the last purchase",
     "repeat_buyer": lambda v: "repeat buyer" if v else "one-time buyer",
+    PRIOR_INPUT: lambda v: f"health points {100.0 * (1.0 - _sigmoid(v)):.0f} of 100 by the rules",
 }
 
 

@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -390,6 +391,38 @@ class LabelRules(_Model):
     silence_checkpoints_days: SilenceCheckpoints | None = None
 
 
+class ModelRules(_Model):
+    """
+    How the learned model learns for this rules file (the optional `model` section; absent,
+    the engine's own: the features alone, SGD at `ModelConfig.learning_rate` and `l2`).
+
+    `prior_input`: the prior's churn probability, as a logit (`PRIOR_INPUT`), is one more input
+    of the learned model, so the model starts from the rules' own judgement and learns what to
+    add to it. `learning_rate` and `l2`: the SGD step and the L2 penalty of the logistic
+    regression, in place of the engine config's.
+    """
+
+    prior_input: Annotated[bool, Strict()] = False
+    learning_rate: Positive | None = None
+    l2: NonNegative | None = None
+
+
+PRIOR_INPUT: Final = "prior_logit"
+"""The name of the prior's input to the model, with `model.prior_input`."""
+PRIOR_LOGIT_BOUND: Final = 0.01
+"""The prior's probability is taken within [this, 1 - this] before its logit (the points
+reach 0 and 100)."""
+
+
+def prior_logit(probability: float) -> float:
+    """
+    The model input `PRIOR_INPUT`: log(p / (1 - p)) of the prior's churn probability, p taken
+    within [`PRIOR_LOGIT_BOUND`, 1 - `PRIOR_LOGIT_BOUND`].
+    """
+    p = min(max(probability, PRIOR_LOGIT_BOUND), 1.0 - PRIOR_LOGIT_BOUND)
+    return math.log(p / (1.0 - p))
+
+
 class RouteWhen(_Model):
     """
     The conditions of a route; an omitted key matches anything.
@@ -497,6 +530,7 @@ class RulesFile(_Model):
     inactivity: InactivityRule
     routing: Routing
     labels: LabelRules | None = None
+    model: ModelRules | None = None
 
     @model_validator(mode="after")
     def _cross_check(self) -> RulesFile:
@@ -509,6 +543,16 @@ class RulesFile(_Model):
         The names of every rule, in file order (they are the `rule` of an alert).
         """
         return tuple(name for _, name in _rule_names({s: getattr(self, s) for s in _SECTIONS}))
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        """
+        The names of the learned model's inputs: the features, then `PRIOR_INPUT` when the
+        `model` section asks for it.
+        """
+        if self.model is not None and self.model.prior_input:
+            return (*FEATURE_NAMES, PRIOR_INPUT)
+        return FEATURE_NAMES
 
 
 _SECTIONS: Final[dict[str, TypeAdapter[Any]]] = {
@@ -1057,6 +1101,8 @@ def rules_fingerprint(rules: RulesFile) -> str:
     data = rules.model_dump(mode="json")
     if rules.labels is None:
         del data["labels"]  # files without the section keep the fingerprint they always had
+    if rules.model is None:
+        del data["model"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
     return f"{rules.version}+{digest}"

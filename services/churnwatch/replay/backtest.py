@@ -389,8 +389,11 @@ class _Recorder:
         cutoff_at: datetime | None,
         alerts_out: IO[bytes] | None,
         trajectories: Trajectories | None,
+        inputs: tuple[str, ...] = FEATURE_NAMES,
     ) -> None:
         self.cutoff_at = cutoff_at
+        self.inputs = inputs
+        """The model's inputs, the columns of `rows` (`RulesFile.model_inputs`)."""
         self.alerts_out = alerts_out
         self.trajectories = trajectories
         self.log = AlertLog()
@@ -431,7 +434,7 @@ class _Recorder:
         if self.cutoff_at is not None:
             for example in step.examples:
                 if example.resolved_at <= self.cutoff_at:
-                    self.rows.extend(prepare(example.x))
+                    self.rows.extend(prepare(example.x, self.inputs))
                     self.labels.append(1 if example.churned else 0)
 
 
@@ -639,6 +642,7 @@ def _ranking(
     last_at: datetime,
     batch: BatchOutcome,
     labels_source: str,
+    inputs: tuple[str, ...] = FEATURE_NAMES,
 ) -> Ranking:
     excluded: Counter[str] = Counter()
     chosen: list[CustomerScore] = []
@@ -671,8 +675,8 @@ def _ranking(
         "recency": [c.x["days_since_event"] for c in chosen],
     }
     if batch.model is not None:
-        rows = np.array([prepare(c.x) for c in chosen], dtype=np.float64).reshape(
-            len(chosen), len(FEATURE_NAMES)
+        rows = np.array([prepare(c.x, inputs) for c in chosen], dtype=np.float64).reshape(
+            len(chosen), len(inputs)
         )
         columns["batch_model"] = [float(p) for p in batch.model.predict(rows)]
     measures = tuple(
@@ -880,7 +884,10 @@ def run_backtest(
         raise ChurnwatchError(msg)
     at_micros = (at - _EPOCH) // _MICRO
     trajectories = Trajectories() if budget is not None and policy.rules.score_rules else None
-    recorder = _Recorder(cutoff_at=at, alerts_out=alerts_out, trajectories=trajectories)
+    inputs = policy.rules.model_inputs
+    recorder = _Recorder(
+        cutoff_at=at, alerts_out=alerts_out, trajectories=trajectories, inputs=inputs
+    )
     if verdicts is not None:
         recorder.feedback = FeedbackTally(verdicts)
     main = Replay(
@@ -947,7 +954,7 @@ def run_backtest(
     )
 
     scores = score_all(cut, at)
-    rows = np.frombuffer(recorder.rows, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+    rows = np.frombuffer(recorder.rows, dtype=np.float64).reshape(-1, len(inputs))
     batch = fit_batch(rows, np.frombuffer(recorder.labels, dtype=np.int8).astype(bool))
     ranking = _ranking(
         scores,
@@ -959,6 +966,7 @@ def run_backtest(
         last_at=scan.last_at,
         batch=batch,
         labels_source=labels.source,
+        inputs=inputs,
     )
     if ranking.window_beyond_history_days > 0:
         notes.append(

@@ -16,7 +16,8 @@ Every measure here is exact and deterministic (ties are handled, never broken at
 
 Baselines: recency (days since the last event) and the points-based prior are columns of the
 feature vector and of the scoring; the batch model is a logistic regression fitted offline by
-scikit-learn (the `eval` extra) on the same features, prepared as the online model prepares
+scikit-learn (the `eval` extra) on the same inputs as the online model (the features, and the
+prior's logit where the rules file gives it to the model), prepared as the online model prepares
 them (signed log1p, then standardised). Without scikit-learn it is skipped, and says so.
 """
 
@@ -232,13 +233,13 @@ def measure(
 # -- the batch model ------------------------------------------------------------------------
 
 
-def prepare(x: Mapping[str, float]) -> list[float]:
+def prepare(x: Mapping[str, float], names: Sequence[str] = FEATURE_NAMES) -> list[float]:
     """
-    A feature vector as a row in `FEATURE_NAMES` order, through the online model's signed
-    log1p (non-finite values become 0).
+    A feature vector as a row in `names` order (the model's inputs, `RulesFile.model_inputs`),
+    through the online model's signed log1p (missing and non-finite values become 0).
     """
     row = []
-    for name in FEATURE_NAMES:
+    for name in names:
         value = float(x.get(name, 0.0))
         if not math.isfinite(value):
             value = 0.0

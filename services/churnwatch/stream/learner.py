@@ -49,7 +49,8 @@ class Learner:
         self.store = store
         self.metrics = metrics
         self.topic = topic
-        config = settings.to_engine_config()
+        # the policy's config: the engine's, with the rules file's `model` section
+        config = settings.to_policy().config
         self.length = config.model_epoch
         self.scorer = Scorer(config.model)
         self.curriculum = Curriculum(self.length, settings.partitions_count)

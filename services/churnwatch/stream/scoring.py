@@ -96,11 +96,14 @@ class Checkpoints:
     needs, and raises `NeedModel` for an epoch not resolved yet.
     """
 
-    def __init__(self, store: RedisStore, settings: WorkerSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: RedisStore, settings: WorkerSettings, metrics: Metrics, policy: Policy
+    ) -> None:
         self._store = store
         self._length = settings.model_epoch
         self._metrics = metrics
-        self.initial = Scorer(settings.to_engine_config().model)
+        # the policy's model config: the engine's, with the rules file's `model` section
+        self.initial = Scorer(policy.config.model)
         self.latest: int | None = None
         self._by_epoch: dict[int, Scorer] = {}
         self._resolved: dict[int, ModelView] = {}
@@ -230,7 +233,7 @@ class ScoringWorker:
         self.sink = sink
         self.metrics = metrics
         self.topics = topics
-        self.checkpoints = Checkpoints(store, settings, metrics)
+        self.checkpoints = Checkpoints(store, settings, metrics, policy)
         self._highwater = highwater
         self._seek = seek
         self._parts: dict[int, _Partition] = {}
