@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from churnwatch.api.views import ListQuery, Views
 from churnwatch.core.alerts import AlertRecord, alert_to_json
+from churnwatch.core.engine import Policy
 from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import format_ts, parse_event
 from churnwatch.core.state import CustomerState, from_dict, to_dict
@@ -57,6 +58,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 3
 # 400 customers over 30 days: about 2,300 records, 30 model epochs.
 SIM = SimConfig(customers=400, days=30, seed=3, duplicate_rate=0.01)
+SHOP_SIM = SimConfig(customers=600, days=90, seed=5)
 START_DEADLINE_S = 30.0
 RUN_DEADLINE_S = 90.0
 # Short faust timeouts (Tansu holds a JoinGroup for the rebalance timeout), a quick sweep,
@@ -86,6 +88,11 @@ class Stack:
     prefix: str
     kafka: KafkaSettings
     client: redis.Redis
+    rules_file: Path | None = None
+    """The rules of the workers and of the replay (None: the packaged default)."""
+
+    def policy(self) -> Policy:
+        return CoreSettings(rules_file=self.rules_file).to_policy()
 
     @property
     def topics(self) -> TopicNames:
@@ -104,6 +111,7 @@ class Stack:
             "CHURNWATCH_REDIS_PREFIX": self.prefix,
             "CHURNWATCH_GROUP_ID": group_id,
             "CHURNWATCH_METRICS_PORT": str(metrics_port),
+            **({} if self.rules_file is None else {"CHURNWATCH_RULES_FILE": str(self.rules_file)}),
             **extra,
         }
 
@@ -398,9 +406,9 @@ def merged_by_time(records: Sequence[ConsumerRecord]) -> list[bytes]:
     return [value for _, value in heapq.merge(*streams, key=lambda item: item[0])]
 
 
-def replay(records: Iterable[bytes]) -> tuple[Replay, list[AlertRecord]]:
+def replay(records: Iterable[bytes], policy: Policy) -> tuple[Replay, list[AlertRecord]]:
     alerts: list[AlertRecord] = []
-    engine = Replay(CoreSettings().to_policy(), partitions=PARTITIONS, on_alert=alerts.append)
+    engine = Replay(policy, partitions=PARTITIONS, on_alert=alerts.append)
     engine.run(records)
     return engine, alerts
 
@@ -428,8 +436,8 @@ def assert_equals_replay(stack: Stack, original: Sequence[bytes]) -> Replay:
         logged = reader.read(5.0)
     finally:
         reader.close()
-    from_log, log_alerts = replay(merged_by_time(logged))
-    from_file, file_alerts = replay(original)
+    from_log, log_alerts = replay(merged_by_time(logged), stack.policy())
+    from_file, file_alerts = replay(original, stack.policy())
     assert set(from_file.states) == set(from_log.states)
     for customer_id, expected in from_log.states.items():
         actual = stack.state(customer_id)
@@ -471,7 +479,7 @@ def assert_api_reads_the_replay(stack: Stack, engine: Replay, alerts: list[Alert
         store = RedisStore(StoreSettings(url=stack.redis_url, prefix=stack.prefix))
         await store.start()
         try:
-            views = Views(store, CoreSettings().to_policy(), partitions=PARTITIONS)
+            views = Views(store, stack.policy(), partitions=PARTITIONS)
             page = await views.at_risk(ListQuery(limit=len(engine.states) + 1))
             histories = await store.alerts_of(by_customer, limit=1000)
             some = sorted(engine.states)[:20]
@@ -529,6 +537,33 @@ def test_a_worker_gives_the_states_and_alerts_of_the_replay(
         samples, "churnwatch_records_duplicates_total", topic=events
     )
     assert 0.0 == counter(samples, "churnwatch_model_fallback_total")
+
+
+def test_a_worker_with_the_shop_rules_gives_the_replay(stack: Stack, processes: Processes) -> None:
+    """
+    With rules/examples/ecommerce.yaml (labels relative to the purchase gap, the prior as a
+    model input, its own learning rate) on a purchase-only history, the worker and the learner
+    give the replay's states and alerts: the rules' model settings reach both processes.
+    """
+    stack.rules_file = Path(__file__).resolve().parents[2] / "rules/examples/ecommerce.yaml"
+    records = [r for r in Simulation(SHOP_SIM).records() if b'"type":"purchase"' in r]
+    sent = publish(stack, records)
+    assert len(records) == sent
+    start_learner(processes, stack)
+    start_worker(processes, stack)
+    progress = Progress(stack)
+    try:
+        wait_until(
+            lambda: progress.done(f"{stack.prefix}-worker"),
+            RUN_DEADLINE_S,
+            "every record forwarded, applied and committed",
+            processes,
+        )
+    finally:
+        progress.close()
+    engine = assert_equals_replay(stack, records)
+    assert engine.counts.examples > 100
+    assert engine.learner.n_labels > 0
 
 
 def good_event(n: int, customer: str, at: datetime) -> bytes:

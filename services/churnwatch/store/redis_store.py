@@ -932,9 +932,7 @@ class RedisStore:
             return {}
         async with self._op("verdicts") as client:
             raw = await client.hmget(self.keys.verdicts(), ids)
-        return {
-            aid: orjson.loads(v) for aid, v in zip(ids, cast(list[Any], raw), strict=True) if v
-        }
+        return {aid: orjson.loads(v) for aid, v in zip(ids, cast(list[Any], raw), strict=True) if v}
 
     async def all_verdicts(self) -> dict[str, dict[str, Any]]:
         """Every verdict by alert id (for the export that the backtest reads)."""
