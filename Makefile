@@ -6,9 +6,10 @@ PYTHON ?= python3
 
 .PHONY: demo test install lint stack-up stack-down
 
+# The demo needs the package alone; the linters and tests install the dev extras themselves.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,6 +21,7 @@ test:
 	bash deploy/local/test.sh
 
 lint: install
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[dev]"
 	$(VENV)/bin/ruff check services tests benchmarks
 	$(VENV)/bin/mypy
 
