@@ -8,8 +8,11 @@ history and reasons, verdicts stored once per alert and counted in /metrics, the
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +230,62 @@ def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
     else:
         assert 1.0 == by_rule[first.rule]["false_alarm_rate"]
         assert 0.0 == by_rule[second.rule]["false_alarm_rate"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_redis_going_away_gives_503_and_unhealthy(tmp_path: Path) -> None:
+    """
+    When its Redis stops, the API answers 503 with a JSON error and /healthz says unavailable;
+    the web page itself is still served.
+    """
+    from api_support import ApiSite
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server not found on PATH (install: `bash .ci/install.sh`)")
+        pytest.skip("redis-server not found on PATH (install: `bash .ci/install.sh`)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    site = None
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        site = ApiSite(f"redis://127.0.0.1:{port}/0", "cw-down", customers=20, days=30)
+        site.start()
+        assert 200 == site.request("GET", "/api/v1/at-risk").status
+        server.terminate()
+        server.wait(timeout=10)
+        down = site.request("GET", "/api/v1/at-risk")
+        assert 503 == down.status
+        assert "Redis" in down.body["error"]
+        assert 503 == site.request("GET", "/healthz").status
+        assert 200 == site.request("GET", "/").status
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
+        if site is not None and site.server is not None:
+            site.call(site.server.stop())
+            site.loop.call_soon_threadsafe(site.loop.stop)
