@@ -37,6 +37,7 @@ from churnwatch.core.rules import (
     route,
     rules_fingerprint,
 )
+from churnwatch.core.slots import fast_init
 from churnwatch.core.state import Anchor, CustomerState
 
 _DAY: Final = timedelta(days=1)
@@ -160,6 +161,7 @@ ModelFor = Callable[[datetime], ModelView]
 """The model to score with at a given event time (scorers switch models per epoch)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Scoring:
     """One scoring of one customer."""
@@ -177,6 +179,7 @@ class Scoring:
     model_version: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """What one step produced: the new state and the effects for the shell to carry out."""
