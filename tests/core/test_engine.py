@@ -254,3 +254,26 @@ def test_a_model_section_gives_the_model_the_prior_and_its_learning_rate() -> No
     assert all((*FEATURE_NAMES, PRIOR_INPUT) == tuple(e.x) for e in step.examples)
     _, steps = run(sorted_events(active_history()))
     assert all(tuple(FEATURE_NAMES) == tuple(s.x) for s in steps[-1].state.pending)
+
+
+def test_a_step_carries_its_states_next_due_time_and_takes_it_back() -> None:
+    """
+    A step's `due_at` is `next_due_at` of its new state; passed back, the same step follows.
+    """
+    state = None
+    due: datetime | None = None
+    for event in sorted_events(active_history()):
+        watermark = event.ts - timedelta(hours=1)
+        step = process_event(state, event, watermark=watermark, model_for=model_for, policy=POLICY)
+        if state is not None:
+            told = process_event(
+                state, event, watermark=watermark, model_for=model_for, policy=POLICY, due_at=due
+            )
+            assert step == told
+        assert next_due_at(step.state, POLICY) == step.due_at
+        state, due = step.state, step.due_at
+    assert state is not None
+    swept = sweep_one(state, until=at(80), model_for=model_for, policy=POLICY)
+    told = sweep_one(state, until=at(80), model_for=model_for, policy=POLICY, due_at=due)
+    assert swept == told
+    assert next_due_at(swept.state, POLICY) == swept.due_at

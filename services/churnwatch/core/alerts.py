@@ -21,6 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from churnwatch.core.events import Event, format_ts
 from churnwatch.core.rules import EventRule, RulesFile
+from churnwatch.core.slots import fast_init
 
 ALERT_SCHEMA_VERSION: Final = 1
 AlertSeverity = Literal["low", "medium", "high"]
@@ -106,6 +107,7 @@ def alert_id_for(customer_id: str, rule: str, decided_at: datetime) -> str:
     return hashlib.sha256(key).hexdigest()[:32]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RuleState:
     """One rule's memory for one customer."""

@@ -8,6 +8,7 @@ clock: the event's `ts`, the watermark and the sweep's due time are the only tim
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ from churnwatch.core.rules import (
     route,
     rules_fingerprint,
 )
+from churnwatch.core.slots import fast_init
 from churnwatch.core.state import Anchor, CustomerState
 
 _DAY: Final = timedelta(days=1)
@@ -159,6 +161,7 @@ ModelFor = Callable[[datetime], ModelView]
 """The model to score with at a given event time (scorers switch models per epoch)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Scoring:
     """One scoring of one customer."""
@@ -176,6 +179,7 @@ class Scoring:
     model_version: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """What one step produced: the new state and the effects for the shell to carry out."""
@@ -185,6 +189,8 @@ class StepResult:
     alerts: tuple[al.AlertRecord, ...] = ()
     examples: tuple[Example, ...] = ()
     scoring: Scoring | None = None
+    due_at: datetime | None = field(default=None, kw_only=True)
+    """`next_due_at(state, policy)` of the new state, computed once by the step."""
 
 
 def check_time(
@@ -479,6 +485,12 @@ def _captures(next_anchor: Anchor | None, at: datetime, policy: Policy) -> bool:
     return next_anchor is None or at - next_anchor.at >= policy.config.anchor_every
 
 
+class _Unknown(enum.Enum):
+    """The `due_at` of `process_event` and `sweep_one` when the caller does not know it."""
+
+    UNKNOWN = enum.auto()
+
+
 def sweep_one(
     state: CustomerState,
     *,
@@ -486,6 +498,7 @@ def sweep_one(
     model_for: ModelFor,
     policy: Policy,
     inclusive: bool = True,
+    due_at: datetime | _Unknown | None = _Unknown.UNKNOWN,
 ) -> StepResult:
     """
     Carry a quiet customer forward to `until` in event time.
@@ -503,12 +516,20 @@ def sweep_one(
         model_for: the model per event time.
         policy: rules and config.
         inclusive: whether a checkpoint exactly at `until` is handled.
+        due_at: `next_due_at(state, policy)` where the caller has it already (the `due_at`
+            of the step that made `state`); computed here when not given.
     """
     records: list[al.AlertRecord] = []
     examples: list[Example] = []
-    state, scoring = _sweep(state, until, inclusive, model_for, policy, records, examples)
+    first_due = None if due_at is _Unknown.UNKNOWN else due_at
+    if due_at is None:
+        # Nothing due: _sweep's own _next_due would say so too.
+        return StepResult(state, "idle", due_at=None)
+    state, scoring, due_at = _sweep(
+        state, until, inclusive, model_for, policy, records, examples, first_due
+    )
     outcome: Literal["processed", "idle"] = "processed" if records or examples else "idle"
-    return StepResult(state, outcome, tuple(records), tuple(examples), scoring)
+    return StepResult(state, outcome, tuple(records), tuple(examples), scoring, due_at=due_at)
 
 
 def _sweep(
@@ -520,10 +541,11 @@ def _sweep(
     records: list[al.AlertRecord],
     examples: list[Example],
     first_due: datetime | None = None,
-) -> tuple[CustomerState, Scoring | None]:
+) -> tuple[CustomerState, Scoring | None, datetime | None]:
     """
     `sweep_one`, appending its alerts and examples to the caller's lists; `first_due` is
-    `_next_due(state)` where the caller has it already.
+    `_next_due(state)` where the caller has it already. Returns the new state, its last
+    scoring and its `_next_due` (the first due time not handled).
     """
     plan = policy.plan
     horizon = plan.horizon
@@ -534,7 +556,7 @@ def _sweep(
         due = _next_due(state, plan) if known_due is None else known_due
         known_due = None
         if due is None or due > until or (due == until and not inclusive):
-            break
+            return state, scoring, due
         pending, expired = resolve_on_silence(
             state.customer_id,
             state.pending,
@@ -615,7 +637,6 @@ def _sweep(
             cancelled_at=state.cancelled_at,
             alerts=state.alerts + len(made),
         )
-    return state, scoring
 
 
 def process_event(
@@ -625,6 +646,7 @@ def process_event(
     watermark: datetime,
     model_for: ModelFor,
     policy: Policy,
+    due_at: datetime | _Unknown | None = _Unknown.UNKNOWN,
 ) -> StepResult:
     """
     Apply one validated event to its customer's state.
@@ -637,6 +659,8 @@ def process_event(
             remembered event ids are forgotten (older events are rejected before this step).
         model_for: the model per event time.
         policy: rules and config.
+        due_at: `next_due_at(state, policy)` where the caller has it already (the
+            `due_at` of the step that made `state`); computed here when not given.
 
     Returns:
         The new state and its effects. A redelivered `event_id` gives outcome `duplicate`
@@ -645,14 +669,16 @@ def process_event(
     if state is None:
         state = CustomerState(event.customer_id)
     if event.event_id in state.seen:
-        return StepResult(state, "duplicate")
+        if due_at is _Unknown.UNKNOWN:
+            due_at = _next_due(state, policy.plan)
+        return StepResult(state, "duplicate", due_at=due_at)
     cfg = policy.config
     records: list[al.AlertRecord] = []
     examples: list[Example] = []
     ts = event.ts
     previous = state.last_activity_at
     if previous is not None and ts > previous:
-        due = _next_due(state, policy.plan)
+        due = _next_due(state, policy.plan) if due_at is _Unknown.UNKNOWN else due_at
         if due is not None and due < ts:  # the silence before this event has work in it
             state = _sweep(state, ts, False, model_for, policy, records, examples, due)[0]
             previous = state.last_activity_at
@@ -732,4 +758,11 @@ def process_event(
         cancelled_at=cancelled_at,
         alerts=state.alerts + len(made),
     )
-    return StepResult(state, "processed", tuple(records), tuple(examples), scoring)
+    return StepResult(
+        state,
+        "processed",
+        tuple(records),
+        tuple(examples),
+        scoring,
+        due_at=_next_due(state, policy.plan),
+    )

@@ -49,6 +49,7 @@ from churnwatch.core.events import (
     TicketEvent,
     TicketStatus,
 )
+from churnwatch.core.slots import fast_init
 
 _DAY: Final = timedelta(days=1)
 _SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
@@ -154,6 +155,7 @@ class TicketState:
         return self.status in _OPEN_STATUSES
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Features:
     """

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from churnwatch.core.slots import fast_init
+
 SnapshotKind = Literal["event", "sample", "silence"]
 _DAY: Final = timedelta(days=1)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """
@@ -39,6 +42,7 @@ class Snapshot:
     x: Mapping[str, float]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Example:
     """A resolved training example: features at `taken_at` and whether the customer churned."""

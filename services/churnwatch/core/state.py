@@ -16,6 +16,7 @@ import orjson
 from churnwatch.core import features as feats
 from churnwatch.core.alerts import RuleState
 from churnwatch.core.labels import Snapshot
+from churnwatch.core.slots import fast_init
 
 STATE_KEY: Final = "s"
 FORMAT_VERSION: Final = 1
@@ -25,6 +26,7 @@ def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Anchor:
     """A past scoring that changes are measured from (one to two weeks back)."""
@@ -35,6 +37,7 @@ class Anchor:
     factors: Mapping[str, float]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CustomerState:
     """

@@ -21,7 +21,6 @@ from churnwatch.core.engine import (
     Policy,
     StepResult,
     check_time,
-    next_due_at,
     process_event,
     sweep_one,
 )
@@ -123,6 +122,9 @@ class Replay:
         self.states: dict[str, CustomerState] = {}
         self._latest: datetime | None = None
         self._due: dict[str, int] = {}
+        self._due_at: dict[str, tuple[CustomerState, datetime | None]] = {}
+        """The due time of the state each customer's last step made (its `StepResult.due_at`),
+        so the next step need not compute it again."""
         """Every scheduled customer's next due time (microseconds), as next_due_at gives it."""
         self._queued: dict[str, int] = {}
         """The time of each customer's entry in its partition's schedule (at most one is live:
@@ -248,13 +250,22 @@ class Replay:
         if part.high_water is None or event.ts > part.high_water:
             part.high_water = event.ts
         watermark = part.high_water - cfg.lateness
-        step = process_event(
-            self.states.get(event.customer_id),
-            event,
-            watermark=watermark,
-            model_for=self.model_for,
-            policy=self.policy,
-        )
+        customer_id = event.customer_id
+        state = self.states.get(customer_id)
+        known = self._due_at.get(customer_id)
+        if state is not None and known is not None and known[0] is state:
+            step = process_event(
+                state,
+                event,
+                watermark=watermark,
+                model_for=self.model_for,
+                policy=self.policy,
+                due_at=known[1],
+            )
+        else:  # a new customer, or a state set from outside
+            step = process_event(
+                state, event, watermark=watermark, model_for=self.model_for, policy=self.policy
+            )
         if step.outcome == "duplicate":
             self.counts.duplicates += 1
             return
@@ -267,7 +278,8 @@ class Replay:
         state = step.state
         customer_id = state.customer_id
         self.states[customer_id] = state
-        due_at = next_due_at(state, self.policy)
+        due_at = step.due_at
+        self._due_at[customer_id] = (state, due_at)
         if due_at is None:
             self._due.pop(customer_id, None)
         else:
@@ -308,7 +320,17 @@ class Replay:
                 continue
             del queued[customer_id]
             state = self.states[customer_id]
-            step = sweep_one(state, until=until, model_for=self.model_for, policy=self.policy)
+            known = self._due_at.get(customer_id)
+            if known is not None and known[0] is state:
+                step = sweep_one(
+                    state,
+                    until=until,
+                    model_for=self.model_for,
+                    policy=self.policy,
+                    due_at=known[1],
+                )
+            else:  # a state set from outside
+                step = sweep_one(state, until=until, model_for=self.model_for, policy=self.policy)
             self._apply(step, part)
 
     def _learn(self, example: Example) -> None:
