@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import Event, parse_event
@@ -99,11 +99,11 @@ class Ingestor:
         self._max_future = timedelta(seconds=settings.max_future_seconds)
         self.top: datetime | None = None
         """
-        The largest event time forwarded by this process; events past it plus `max_future`
-        are rejected. It starts empty: the first record forwarded after a start (the earliest
-        of every ingest topic's next record, in the merge) sets it. A bound carried over from
-        before would be behind the records still to forward after a crash, and would reject
-        them all.
+        The largest event time forwarded by this process; events past it (or past their
+        record's Kafka timestamp, whichever is later, see `_future_bound`) plus `max_future`
+        are rejected. It starts empty: the first record forwarded after a start sets it. A
+        bound carried over from before would be behind the records still to forward after a
+        crash, and would reject them all.
         """
         for name in self._ranks:
             metrics.prime_topic(name)
@@ -295,8 +295,9 @@ class Ingestor:
                     )
                 first = min(heads, key=lambda s: (s.pending[0][0].ts, s.rank))
                 event, record = first.pending.popleft()
-                if self.top is not None and event.ts > self.top + self._max_future:
-                    dead.append((record, self._future(event)))
+                bound = self._future_bound(record)
+                if bound is not None and event.ts > bound:
+                    dead.append((record, self._future(event, bound)))
                 else:
                     if self.top is None or event.ts > self.top:
                         self.top = event.ts
@@ -306,9 +307,21 @@ class Ingestor:
                     waiting[tp] = first
         return out
 
-    def _future(self, event: Event) -> BadEventError:
-        assert self.top is not None
-        bound = self.top + self._max_future
+    def _future_bound(self, record: Record) -> datetime | None:
+        """
+        The latest event time accepted now: `max_future` past the largest event time forwarded
+        by this process or past the record's own Kafka timestamp (when it was produced),
+        whichever is later. The record's timestamp matters after a restart: the partitions'
+        merges resume at different event times, and the first one forwarded must not reject
+        the others' records (a history published in bulk carries its publishing time).
+        """
+        ref = self.top
+        if record.timestamp is not None:
+            produced = datetime.fromtimestamp(record.timestamp, UTC)
+            ref = produced if ref is None or produced > ref else ref
+        return None if ref is None else ref + self._max_future
+
+    def _future(self, event: Event, bound: datetime) -> BadEventError:
         msg = f"ts: {event.ts.isoformat()} is later than the allowed {bound.isoformat()}"
         return BadEventError(msg, reason="future_timestamp", field="ts")
 
