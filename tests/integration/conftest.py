@@ -13,20 +13,16 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from uuid import uuid4
 
 import pytest
 import redis
 from kafka.admin import KafkaAdminClient, NewTopic
+from needs import require_binaries, unavailable
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
-HOW_TO_RUN = (
-    "start the services with `bash deploy/local/stack.sh up` and export the variables "
-    'it prints (or: eval "$(bash deploy/local/stack.sh up)"), then run '
-    "`.venv/bin/pytest tests/integration`"
-)
 # Partitions of each test topic: more than one, so group assignment is exercised.
 TEST_TOPIC_PARTITIONS = 3
 
@@ -39,24 +35,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
-
-
-def unavailable(reason: str) -> NoReturn:
-    """
-    Skips the test on a laptop, fails it in CI, saying how to make it run.
-    """
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this fails instead of skipping): {HOW_TO_RUN}")
-    pytest.skip(f"{reason}: {HOW_TO_RUN}")
-
-
-def require_binaries(*names: str) -> None:
-    """
-    Skips (laptop) or fails (CI) unless every named program is on PATH.
-    """
-    missing = [name for name in names if shutil.which(name) is None]
-    if missing:
-        unavailable(f"{', '.join(missing)} not found on PATH (install: `bash .ci/install.sh`)")
 
 
 @pytest.fixture(scope="session")

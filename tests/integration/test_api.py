@@ -8,7 +8,6 @@ history and reasons, verdicts stored once per alert and counted in /metrics, the
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from needs import free_port, require_binaries
 
 from churnwatch.core.feedback import parse_verdicts, rule_feedback
 from churnwatch.sim.simulator import SimConfig, Simulation
@@ -232,12 +232,6 @@ def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
         assert 0.0 == by_rule[second.rule]["false_alarm_rate"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_redis_going_away_gives_503_and_unhealthy(tmp_path: Path) -> None:
     """
     When its Redis stops, the API answers 503 with a JSON error and /healthz says unavailable;
@@ -245,11 +239,8 @@ def test_redis_going_away_gives_503_and_unhealthy(tmp_path: Path) -> None:
     """
     from api_support import ApiSite
 
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server not found on PATH (install: `bash .ci/install.sh`)")
-        pytest.skip("redis-server not found on PATH (install: `bash .ci/install.sh`)")
-    port = _free_port()
+    require_binaries("redis-server")
+    port = free_port()
     server = subprocess.Popen(
         [
             "redis-server",

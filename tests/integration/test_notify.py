@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from needs import free_port
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -101,13 +101,6 @@ def plain_text(message: EmailMessage) -> str:
     assert body is not None
     text: str = body.get_content()
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(predicate: Callable[[], bool], *, deadline_s: float = DEADLINE_S) -> None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -21,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
+from needs import free_port, require_binaries
 from pydantic import SecretStr
 
 from churnwatch.core.engine import EngineConfig, Policy, process_event
@@ -102,15 +100,6 @@ def batch(
     )
 
 
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def settings(redis_url: str, redis_prefix: str) -> StoreSettings:
     """
@@ -140,10 +129,7 @@ def password_redis(tmp_path: Path) -> Iterator[tuple[int, str, subprocess.Popen[
     """
     A redis-server of our own with `requirepass`, on a free port; stopped by its PID after.
     """
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server not found on PATH (install: `bash .ci/install.sh`)")
-        pytest.skip("redis-server not found on PATH (install: `bash .ci/install.sh`)")
+    require_binaries("redis-server")
     port = free_port()
     password = "s3cret-pa55word-for-test"
     log = (tmp_path / "redis.log").open("wb")

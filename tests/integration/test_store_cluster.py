@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from uuid import uuid4
 
 import pytest
 import redis
+from needs import require_binaries
 from redis.crc import key_slot
 from test_store import START_AT, batch, real_states, run
 
@@ -73,12 +73,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     redis://127.0.0.1:P of a fresh three-master cluster; `down` runs after the module.
     """
-    missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not found on PATH (install: `bash .ci/install.sh`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_binaries("redis-server", "redis-cli")
     run_dir = tmp_path_factory.mktemp("redis-cluster")
     base = free_base_port()
     where = ["--base-port", str(base), "--run-dir", str(run_dir)]

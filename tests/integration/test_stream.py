@@ -13,7 +13,6 @@ import base64
 import heapq
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.fetcher import ConsumerRecord
+from needs import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -155,10 +155,6 @@ def stack(
 
 
 # -- subprocesses -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -500,16 +496,11 @@ def assert_api_reads_the_replay(stack: Stack, engine: Replay, alerts: list[Alert
             assert format_ts(state.scored_at) == points[-1]["at"], cid
 
 
-# -- tests ------------------------------------------------------------------------------------
-def test_a_worker_gives_the_states_and_alerts_of_the_replay(
-    stack: Stack, processes: Processes
-) -> None:
+def run_to_the_end(stack: Stack, processes: Processes) -> Proc:
     """
-    Events published with the SDK and run through a worker give the replay's states and alerts.
+    Start a learner and a worker over what was published, and wait until every record is
+    forwarded, applied and committed; returns the worker.
     """
-    records = list(Simulation(SIM).records())
-    sent = publish(stack, records)
-    assert len(records) == sent
     start_learner(processes, stack)
     worker = start_worker(processes, stack)
     progress = Progress(stack)
@@ -522,6 +513,20 @@ def test_a_worker_gives_the_states_and_alerts_of_the_replay(
         )
     finally:
         progress.close()
+    return worker
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_a_worker_gives_the_states_and_alerts_of_the_replay(
+    stack: Stack, processes: Processes
+) -> None:
+    """
+    Events published with the SDK and run through a worker give the replay's states and alerts.
+    """
+    records = list(Simulation(SIM).records())
+    sent = publish(stack, records)
+    assert len(records) == sent
+    worker = run_to_the_end(stack, processes)
     engine = assert_equals_replay(stack, records)
     assert engine.counts.alerts > 20
     samples = scrape(worker.metrics_port)
@@ -547,20 +552,8 @@ def test_a_worker_with_the_shop_rules_gives_the_replay(stack: Stack, processes: 
     """
     stack.rules_file = Path(__file__).resolve().parents[2] / "rules/examples/ecommerce.yaml"
     records = [r for r in Simulation(SHOP_SIM).records() if b'"type":"purchase"' in r]
-    sent = publish(stack, records)
-    assert len(records) == sent
-    start_learner(processes, stack)
-    start_worker(processes, stack)
-    progress = Progress(stack)
-    try:
-        wait_until(
-            lambda: progress.done(f"{stack.prefix}-worker"),
-            RUN_DEADLINE_S,
-            "every record forwarded, applied and committed",
-            processes,
-        )
-    finally:
-        progress.close()
+    assert len(records) == publish(stack, records)
+    run_to_the_end(stack, processes)
     engine = assert_equals_replay(stack, records)
     assert engine.counts.examples > 100
     assert engine.learner.n_labels > 0

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from needs import unavailable
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -41,24 +42,15 @@ HOW_TO_RUN = (
 )
 
 
-def unavailable(reason: str) -> None:
-    """
-    Skips the test on a laptop, fails it in CI, saying how to make it run.
-    """
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this fails instead of skipping): {HOW_TO_RUN}")
-    pytest.skip(f"{reason}: {HOW_TO_RUN}")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """
     Debian's chromium, headless, driven by playwright's sync API.
     """
     if sync_playwright is None:
-        unavailable("the playwright package is not installed")
+        unavailable("the playwright package is not installed", HOW_TO_RUN)
     if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"{CHROMIUM} not found")
+        unavailable(f"{CHROMIUM} not found", HOW_TO_RUN)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
