@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from pydantic import ValidationError
 
+from churnwatch.cli_settings import settings_from_env
 from churnwatch.core.errors import ChurnwatchError
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,7 @@ T = TypeVar("T")
 def _settings(overrides: dict[str, Any]) -> Any:
     from churnwatch.api.settings import ApiSettings
 
-    try:
-        return ApiSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False)
-        )
-        msg = f"invalid settings (CHURNWATCH_API_*): {problems}"
-        raise click.ClickException(msg) from exc
+    return settings_from_env(ApiSettings, overrides, env="CHURNWATCH_API_*, CHURNWATCH_*")
 
 
 def _with_views(settings: Any, work: Callable[[Any], Awaitable[T]]) -> T:

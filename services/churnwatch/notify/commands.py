@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
+from churnwatch.cli_settings import settings_from_env
 from churnwatch.core.errors import ChurnwatchError
 
 log = logging.getLogger(__name__)
@@ -26,15 +26,7 @@ log = logging.getLogger(__name__)
 def _settings(overrides: dict[str, Any]) -> Any:
     from churnwatch.notify.settings import NotifySettings
 
-    try:
-        return NotifySettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False)
-        )
-        msg = f"invalid settings (CHURNWATCH_NOTIFY_*): {problems}"
-        raise click.ClickException(msg) from exc
+    return settings_from_env(NotifySettings, overrides, env="CHURNWATCH_NOTIFY_*")
 
 
 @click.command("notify")

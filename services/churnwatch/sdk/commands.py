@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
-from pydantic import ValidationError
 
+from churnwatch.cli_settings import settings_from_env
 from churnwatch.core.errors import ChurnwatchError
 from churnwatch.sdk.settings import KafkaSettings
 
@@ -29,16 +29,7 @@ def kafka_settings(bootstrap: str | None = None) -> KafkaSettings:
     KafkaSettings from the environment (CHURNWATCH_KAFKA_*), with an optional bootstrap override;
     invalid settings become a click error that says which one.
     """
-    overrides: dict[str, Any] = {} if bootstrap is None else {"bootstrap": bootstrap}
-    try:
-        return KafkaSettings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        msg = f"invalid Kafka settings (CHURNWATCH_KAFKA_*): {problems}"
-        raise click.ClickException(msg) from exc
+    return settings_from_env(KafkaSettings, {"bootstrap": bootstrap}, env="CHURNWATCH_KAFKA_*")
 
 
 @click.group("topics")

@@ -12,23 +12,15 @@ import logging.config
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
 
+from churnwatch.cli_settings import settings_from_env
 from churnwatch.core.errors import ChurnwatchError
 
 _S = TypeVar("_S")
 
 
 def _settings(cls: type[_S], overrides: dict[str, Any]) -> _S:
-    try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        msg = f"invalid settings (CHURNWATCH_*): {problems}"
-        raise click.ClickException(msg) from exc
+    return settings_from_env(cls, overrides, env="CHURNWATCH_*")
 
 
 def _prepare(settings: Any) -> Any:
