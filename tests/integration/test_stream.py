@@ -740,7 +740,7 @@ def test_the_ingest_forwards_the_ingest_topics_merged_in_event_time() -> None:
     kafka = KafkaSettings(partitions=1, topic_prefix="merge.")
     topics = kafka.topics()
     login, buy = topics.for_event("login"), topics.for_event("purchase")
-    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0)
+    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
     highwaters = {(login, 0): 2, (buy, 0): 2}
     clock, sink = _Clock(), _Sink()
     acked: list[int] = []
@@ -766,14 +766,139 @@ def test_the_ingest_forwards_the_ingest_topics_merged_in_event_time() -> None:
         assert [] == sink.sent  # the login topic has records it has not delivered yet
         await ingestor.handle([rec(login, 0, _login(0, 9)), rec(login, 1, _login(1, 11))], ack)
         assert [_login(0, 9), _purchase(0, 10), _login(1, 11), _purchase(1, 12)] == sink.sent
-        # The login topic stalls with records pending: the purchase waits, then goes alone.
+        # The login topic stalls with records pending: the purchase waits; it is two hours
+        # past the login topic's last event (11:00), beyond the lateness, so it goes alone
+        # only when the login topic is given up on.
         highwaters[(login, 0)] = 5
         highwaters[(buy, 0)] = 3
         await ingestor.handle([rec(buy, 2, _purchase(2, 13))], ack)
         assert 4 == len(sink.sent)
         clock.now += 5.0
         await ingestor.tick(ack)
+        assert 4 == len(sink.sent)
+        clock.now += 25.0
+        await ingestor.tick(ack)
         assert _purchase(2, 13) == sink.sent[-1]
 
     asyncio.run(scenario())
     assert [0, 0, 1, 1, 2] == acked
+
+
+def _at(hour: int, minute: int) -> datetime:
+    return datetime(2026, 3, 1, hour, minute, tzinfo=UTC)
+
+
+def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last_event() -> None:
+    """
+    A topic that has not caught up and is silent for `ingest_idle_seconds` lets the other
+    topics' events through up to its last event time plus the allowed lateness (its next
+    events still fit the scorer's watermark), and all of them once it is silent for
+    `ingest_stall_seconds`. A topic silent since its assignment holds everything until then.
+    """
+    kafka = KafkaSettings(partitions=1, topic_prefix="stall.")
+    topics = kafka.topics()
+    login, buy = topics.for_event("login"), topics.for_event("purchase")
+    settings = WorkerSettings(
+        kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0, lateness_seconds=3600.0
+    )
+    highwaters = {(login, 0): 5, (buy, 0): 3}
+    clock, sink = _Clock(), _Sink()
+    acked: list[tuple[str, int]] = []
+    ingestor = Ingestor(
+        settings,
+        sink=sink,
+        metrics=Metrics(CollectorRegistry()),
+        topics=topics,
+        assigned=lambda: set(highwaters),
+        highwater=lambda t, p: highwaters.get((t, p), 0),
+        start_offset=lambda _t, _p: 0,
+        clock=clock,
+    )
+
+    async def ack(records: Sequence[Record]) -> None:
+        acked.extend((r.topic, r.offset) for r in records)
+
+    def rec(topic: str, offset: int, at: datetime) -> Record:
+        n = 100 * (topic == buy) + offset
+        if topic == login:
+            value = good_event(n, "stall-c1", at)
+        else:
+            value = orjson.dumps(purchase(f"ev-s{n}", "stall-c1", at.isoformat()))
+        return Record(topic, 0, offset, b"stall-c1", value, timestamp=None)
+
+    def sent_at() -> list[str]:
+        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
+
+    async def scenario() -> None:
+        # The login topic has not delivered anything yet: nothing goes, even when it is
+        # silent for longer than ingest_idle_seconds (no event time to bound the others by).
+        await ingestor.handle([rec(buy, 0, _at(9, 30)), rec(buy, 1, _at(10, 30))], ack)
+        clock.now += 6.0
+        await ingestor.tick(ack)
+        assert [] == sent_at()
+        await ingestor.handle([rec(login, 0, _at(9, 0)), rec(login, 1, _at(10, 0))], ack)
+        assert ["09:00", "09:30", "10:00"] == sent_at()  # then it waits for the login topic
+        await ingestor.handle([rec(buy, 2, _at(11, 30))], ack)
+        assert 3 == len(sink.sent)
+        # Silent for ingest_idle_seconds: the purchases go up to 10:00 + 1 h.
+        clock.now += 5.0
+        await ingestor.tick(ack)
+        assert ["09:00", "09:30", "10:00", "10:30"] == sent_at()
+        # The login topic delivers again: its event goes in order, and the bound moves on.
+        await ingestor.handle([rec(login, 2, _at(10, 45))], ack)
+        assert "10:45" == sent_at()[-1]
+        clock.now += 5.0
+        await ingestor.tick(ack)
+        assert ["10:30", "10:45", "11:30"] == sent_at()[-3:]
+        # A purchase far ahead waits for the login topic ...
+        highwaters[(buy, 0)] = 4
+        await ingestor.handle([rec(buy, 3, _at(14, 0))], ack)
+        clock.now += 20.0
+        await ingestor.tick(ack)
+        assert "11:30" == sent_at()[-1]
+        # ... until the login topic has been silent for ingest_stall_seconds.
+        clock.now += 5.0
+        await ingestor.tick(ack)
+        assert "14:00" == sent_at()[-1]
+
+    asyncio.run(scenario())
+    assert 7 == len(sink.sent)
+    assert sorted(acked) == sorted(
+        [(login, 0), (login, 1), (login, 2), (buy, 0), (buy, 1), (buy, 2), (buy, 3)]
+    )
+
+
+def test_a_silent_ingest_topic_with_an_unknown_high_watermark_does_not_bound_the_others() -> None:
+    """
+    A topic whose high watermark is not known yet (it may have nothing to deliver at all)
+    holds the others for `ingest_idle_seconds` only, as before any stall bound.
+    """
+    kafka = KafkaSettings(partitions=1, topic_prefix="unknown.")
+    topics = kafka.topics()
+    login, buy = topics.for_event("login"), topics.for_event("purchase")
+    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    highwaters: dict[tuple[str, int], int | None] = {(login, 0): None, (buy, 0): 1}
+    clock, sink = _Clock(), _Sink()
+    ingestor = Ingestor(
+        settings,
+        sink=sink,
+        metrics=Metrics(CollectorRegistry()),
+        topics=topics,
+        assigned=lambda: set(highwaters),
+        highwater=lambda t, p: highwaters.get((t, p)),
+        start_offset=lambda _t, _p: 0,
+        clock=clock,
+    )
+
+    async def ack(records: Sequence[Record]) -> None:
+        return None
+
+    async def scenario() -> None:
+        value = orjson.dumps(purchase("ev-u0", "unknown-c1", "2026-03-01T10:00:00Z"))
+        await ingestor.handle([Record(buy, 0, 0, b"unknown-c1", value)], ack)
+        assert [] == sink.sent
+        clock.now += 5.0
+        await ingestor.tick(ack)
+        assert [value] == sink.sent
+
+    asyncio.run(scenario())

@@ -10,9 +10,14 @@ synchronisation: per partition number, it buffers each ingest topic's valid reco
 forwards the one with the smallest event time while every topic of that partition either has
 a record buffered or has nothing more to deliver (it has caught up with its high watermark).
 The consumer fetches small chunks per partition (`consumer_max_fetch_bytes`), so a backlog
-arrives interleaved across the topics and the merge buffers little. A topic that has not caught
-up and delivers nothing for `ingest_idle_seconds` is given up on (logged): a stalled topic
-delays, never stops, the others.
+arrives interleaved across the topics and the merge buffers little.
+
+A topic that has not caught up and delivers nothing for `ingest_idle_seconds` (a slow fetch, a
+worker short of CPU in a backlog) is stalled (logged): the others' events are forwarded up to
+the stalled topic's last event time plus the allowed lateness, and no further, so that its next
+events still fit the scorer's watermark. After `ingest_stall_seconds` without a delivery it is
+given up on (logged as an error) and the others go on without a bound: a stalled topic delays,
+never stops, the others.
 
 Records are acknowledged (their offsets may be committed) only after their forward or dead
 letter is delivered. After a crash the uncommitted records are forwarded again; the scorer
@@ -57,6 +62,8 @@ class _Source:
     """When records after a gap started arriving (we sought back to `next_offset`)."""
     sought_at: float = 0.0
     """When we last sought back to `next_offset` (again every second while the gap lasts)."""
+    last_ts: datetime | None = None
+    """The event time of the last valid record received (since the assignment)."""
 
 
 class Ingestor:
@@ -97,6 +104,7 @@ class Ingestor:
         """Seeks back to request from the consumer (done by `handle` after a batch)."""
         self._lock = asyncio.Lock()
         self._max_future = timedelta(seconds=settings.max_future_seconds)
+        self._lateness = timedelta(seconds=settings.lateness_seconds)
         self.top: datetime | None = None
         """
         The largest event time forwarded by this process; events past it (or past their
@@ -174,6 +182,7 @@ class Ingestor:
             dead.append((record, error))
             return
         source.pending.append((event, record))
+        source.last_ts = event.ts
 
     def _skipped(self, tp: TP, source: _Source, record: Record) -> bool:
         """
@@ -265,6 +274,7 @@ class Ingestor:
         """
         now = self._clock()
         idle = self.settings.ingest_idle_seconds
+        give_up = self.settings.ingest_stall_seconds
         groups: dict[int, list[tuple[TP, _Source]]] = {}
         for tp, source in self._sources.items():
             groups.setdefault(tp[1], []).append((tp, source))
@@ -276,24 +286,20 @@ class Ingestor:
                 if not source.pending and not self._caught_up(tp, source)
             }
             stalled = False
+            until: datetime | None = None  # while stalled: forward nothing later than this
             while True:
                 heads = [s for _, s in members if s.pending]
                 if not heads:
                     break
                 if waiting and not stalled:
-                    # Wait for them, unless none has delivered anything for a long time.
+                    # Wait for them, unless none has delivered anything for a while.
                     if any(now - s.delivered_at < idle for s in waiting.values()):
                         break
                     stalled = True
-                    log.warning(
-                        "ingest.merge_stalled",
-                        extra={
-                            "partition": members[0][0][1],
-                            "waiting_for": [f"{t}:{p}" for t, p in waiting],
-                            "idle_seconds": idle,
-                        },
-                    )
+                    until = self._stall_bound(members[0][0][1], waiting, now, give_up)
                 first = min(heads, key=lambda s: (s.pending[0][0].ts, s.rank))
+                if until is not None and first.pending[0][0].ts > until:
+                    break  # the stalled topics' next events would be too late after it
                 event, record = first.pending.popleft()
                 bound = self._future_bound(record)
                 if bound is not None and event.ts > bound:
@@ -306,6 +312,39 @@ class Ingestor:
                 if not first.pending and not self._caught_up(tp, first):
                     waiting[tp] = first
         return out
+
+    def _stall_bound(
+        self, partition: int, waiting: dict[TP, _Source], now: float, give_up: float
+    ) -> datetime | None:
+        """
+        The latest event time the merge may forward while the `waiting` topics (none of which
+        delivered anything for `ingest_idle_seconds`) stall: the earliest of their last event
+        times plus the allowed lateness; None (no bound) once none has delivered anything for
+        `ingest_stall_seconds`, or when no waiting topic's high watermark is known. A topic
+        that delivered nothing since the assignment gives `datetime.min` (nothing is
+        forwarded) until then.
+        """
+        silent_for = min(now - s.delivered_at for s in waiting.values())
+        # Only a topic known to have records behind its high watermark bounds the others (one
+        # whose high watermark is unknown yet may have nothing to deliver at all).
+        behind = [s for tp, s in waiting.items() if self._highwater(*tp) is not None]
+        context = {
+            "partition": partition,
+            "waiting_for": [f"{t}:{p}" for t, p in waiting],
+            "silent_seconds": round(silent_for, 1),
+        }
+        if silent_for >= give_up:
+            log.error("ingest.merge_gave_up", extra=context)
+            return None
+        if not behind:
+            log.warning("ingest.merge_stalled", extra=context)
+            return None
+        lasts = [s.last_ts for s in behind]
+        bound = datetime.min.replace(tzinfo=UTC)
+        if all(last is not None for last in lasts):
+            bound = min(last for last in lasts if last is not None) + self._lateness
+        log.warning("ingest.merge_stalled", extra={**context, "forwarding_until": str(bound)})
+        return bound
 
     def _future_bound(self, record: Record) -> datetime | None:
         """

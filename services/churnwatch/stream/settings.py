@@ -125,7 +125,17 @@ class WorkerSettings(StreamSettings):
         ge=0,
         description="The ingest merge waits for an ingest topic that has not caught up "
         "(records behind its high watermark not delivered yet) as long as it delivers "
-        "something at least this often; then it forwards the others' events without it.",
+        "something at least this often; then it forwards the others' events up to the "
+        "stalled topic's last event time plus the allowed lateness (so that the stalled "
+        "topic's next events are not too late for the scorer), and waits for the rest.",
+    )
+    ingest_stall_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="After this long without a delivery from an ingest topic that has not "
+        "caught up, the merge forwards the other topics' events without waiting for it at "
+        "all (a stalled topic delays, never stops, the others; its events may then be "
+        "dead-lettered too_late by the scorer).",
     )
 
     deadletter_max_original_bytes: int = Field(
