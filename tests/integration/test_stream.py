@@ -724,6 +724,35 @@ class _Sink:
         return done
 
 
+class _Merge:
+    """An Ingestor on one partition of a login and a purchase ingest topic, with a fake clock,
+    a sink that keeps what is sent, and high watermarks the test sets."""
+
+    def __init__(self, prefix: str, **settings: Any) -> None:
+        kafka = KafkaSettings(partitions=1, topic_prefix=prefix)
+        topics = kafka.topics()
+        self.login, self.buy = topics.for_event("login"), topics.for_event("purchase")
+        self.highwaters: dict[tuple[str, int], int | None] = {
+            (self.login, 0): 0,
+            (self.buy, 0): 0,
+        }
+        self.clock, self.sink = _Clock(), _Sink()
+        self.acked: list[tuple[str, int]] = []
+        self.ingestor = Ingestor(
+            WorkerSettings(kafka=kafka, **settings),
+            sink=self.sink,
+            metrics=Metrics(CollectorRegistry()),
+            topics=topics,
+            assigned=lambda: set(self.highwaters),
+            highwater=lambda t, p: self.highwaters.get((t, p)),
+            start_offset=lambda _t, _p: 0,
+            clock=self.clock,
+        )
+
+    async def ack(self, records: Sequence[Record]) -> None:
+        self.acked.extend((r.topic, r.offset) for r in records)
+
+
 def _login(n: int, hour: int) -> bytes:
     return good_event(n, "merge-c1", datetime(2026, 3, 1, hour, tzinfo=UTC))
 
@@ -737,26 +766,10 @@ def test_the_ingest_forwards_the_ingest_topics_merged_in_event_time() -> None:
     Records of several ingest topics are forwarded in event-time order: a topic that has not
     caught up is waited for, at most `ingest_idle_seconds`.
     """
-    kafka = KafkaSettings(partitions=1, topic_prefix="merge.")
-    topics = kafka.topics()
-    login, buy = topics.for_event("login"), topics.for_event("purchase")
-    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
-    highwaters = {(login, 0): 2, (buy, 0): 2}
-    clock, sink = _Clock(), _Sink()
-    acked: list[int] = []
-    ingestor = Ingestor(
-        settings,
-        sink=sink,
-        metrics=Metrics(CollectorRegistry()),
-        topics=topics,
-        assigned=lambda: set(highwaters),
-        highwater=lambda t, p: highwaters.get((t, p), 0),
-        start_offset=lambda _t, _p: 0,
-        clock=clock,
-    )
-
-    async def ack(records: Sequence[Record]) -> None:
-        acked.extend(r.offset for r in records)
+    merge = _Merge("merge.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
+    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    highwaters.update({(login, 0): 2, (buy, 0): 2})
 
     def rec(topic: str, offset: int, value: bytes) -> Record:
         return Record(topic, 0, offset, b"merge-c1", value)
@@ -781,7 +794,7 @@ def test_the_ingest_forwards_the_ingest_topics_merged_in_event_time() -> None:
         assert _purchase(2, 13) == sink.sent[-1]
 
     asyncio.run(scenario())
-    assert [0, 0, 1, 1, 2] == acked
+    assert [0, 0, 1, 1, 2] == [offset for _topic, offset in merge.acked]
 
 
 def _at(hour: int, minute: int) -> datetime:
@@ -795,28 +808,12 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
     events still fit the scorer's watermark), and all of them once it is silent for
     `ingest_stall_seconds`. A topic silent since its assignment holds everything until then.
     """
-    kafka = KafkaSettings(partitions=1, topic_prefix="stall.")
-    topics = kafka.topics()
-    login, buy = topics.for_event("login"), topics.for_event("purchase")
-    settings = WorkerSettings(
-        kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0, lateness_seconds=3600.0
+    merge = _Merge(
+        "stall.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0, lateness_seconds=3600.0
     )
-    highwaters = {(login, 0): 5, (buy, 0): 3}
-    clock, sink = _Clock(), _Sink()
-    acked: list[tuple[str, int]] = []
-    ingestor = Ingestor(
-        settings,
-        sink=sink,
-        metrics=Metrics(CollectorRegistry()),
-        topics=topics,
-        assigned=lambda: set(highwaters),
-        highwater=lambda t, p: highwaters.get((t, p), 0),
-        start_offset=lambda _t, _p: 0,
-        clock=clock,
-    )
-
-    async def ack(records: Sequence[Record]) -> None:
-        acked.extend((r.topic, r.offset) for r in records)
+    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
+    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    highwaters.update({(login, 0): 5, (buy, 0): 3})
 
     def rec(topic: str, offset: int, at: datetime) -> Record:
         n = 100 * (topic == buy) + offset
@@ -863,7 +860,7 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
 
     asyncio.run(scenario())
     assert 7 == len(sink.sent)
-    assert sorted(acked) == sorted(
+    assert sorted(merge.acked) == sorted(
         [(login, 0), (login, 1), (login, 2), (buy, 0), (buy, 1), (buy, 2), (buy, 3)]
     )
 
@@ -873,25 +870,10 @@ def test_a_silent_ingest_topic_with_an_unknown_high_watermark_does_not_bound_the
     A topic whose high watermark is not known yet (it may have nothing to deliver at all)
     holds the others for `ingest_idle_seconds` only, as before any stall bound.
     """
-    kafka = KafkaSettings(partitions=1, topic_prefix="unknown.")
-    topics = kafka.topics()
-    login, buy = topics.for_event("login"), topics.for_event("purchase")
-    settings = WorkerSettings(kafka=kafka, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
-    highwaters: dict[tuple[str, int], int | None] = {(login, 0): None, (buy, 0): 1}
-    clock, sink = _Clock(), _Sink()
-    ingestor = Ingestor(
-        settings,
-        sink=sink,
-        metrics=Metrics(CollectorRegistry()),
-        topics=topics,
-        assigned=lambda: set(highwaters),
-        highwater=lambda t, p: highwaters.get((t, p)),
-        start_offset=lambda _t, _p: 0,
-        clock=clock,
-    )
-
-    async def ack(records: Sequence[Record]) -> None:
-        return None
+    merge = _Merge("unknown.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    buy = merge.buy
+    merge.highwaters.update({(merge.login, 0): None, (buy, 0): 1})
 
     async def scenario() -> None:
         value = orjson.dumps(purchase("ev-u0", "unknown-c1", "2026-03-01T10:00:00Z"))
