@@ -115,6 +115,8 @@ class HistoryScan:
     """The latest event time the replay accepts (records it would reject do not count)."""
     times: array[int]
     """Per record, its event time in microseconds since the epoch (`_NO_TIME` if invalid)."""
+    types: Mapping[str, int] = field(default_factory=dict)
+    """Valid events by type."""
 
 
 def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> HistoryScan:
@@ -130,6 +132,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
     high: dict[int, datetime] = {}
     first: datetime | None = None
     last: datetime | None = None
+    types: Counter[str] = Counter()
     cfg = policy.config
     for raw in source():
         try:
@@ -137,6 +140,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
         except BadEventError:
             times.append(_NO_TIME)
             continue
+        types[event.type] += 1
         ts = event.ts
         times.append((ts - _EPOCH) // _MICRO)
         if check_time(ts, None, cfg, latest=last) is not None:
@@ -151,7 +155,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
     if first is None or last is None:
         msg = f"expected at least one valid event in the history, got none in {len(times)} records"
         raise ChurnwatchError(msg)
-    return HistoryScan(len(times), first, last, times)
+    return HistoryScan(len(times), first, last, times, dict(types))
 
 
 # -- labels ---------------------------------------------------------------------------------
@@ -926,6 +930,15 @@ def run_backtest(
             "No labels were given: churn is read from the history itself, so customers who "
             "churned in its last "
             f"{horizon / timedelta(days=1):g} days count as staying."
+        )
+    if not scan.types.get("login") and policy.rules.labels is None:
+        notes.append(
+            "The history has no logins and the rules file has no `labels` section: a "
+            "customer counts as churned after any "
+            f"{horizon / timedelta(days=1):g} days without a purchase, a ticket or a return, "
+            "so a shopper who buys every few weeks teaches the model churn between purchases. "
+            "A `labels` section (gap_multiple) measures the silence against each customer's "
+            "own purchase gap: see rules/examples/ecommerce.yaml."
         )
     truths = truths_for(labels, main.states)
     unlabelled = sum(1 for c in main.states if c not in labels.churned)
