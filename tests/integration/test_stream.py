@@ -884,3 +884,45 @@ def test_a_silent_ingest_topic_with_an_unknown_high_watermark_does_not_bound_the
         assert [value] == sink.sent
 
     asyncio.run(scenario())
+
+
+def test_a_topic_that_runs_dry_while_another_stalls_is_waited_for() -> None:
+    """
+    While one topic stalls, another that runs out of buffered records but has more to deliver
+    is waited for as usual: the stall bound alone would let a third topic's later events pass
+    and leave its next events behind the scorer's watermark.
+    """
+    merge = _Merge("dry.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    ret = KafkaSettings(partitions=1, topic_prefix="dry.").topics().for_event("return")
+    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
+    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    highwaters.update({(login, 0): 3, (buy, 0): 0, (ret, 0): 1})
+
+    def returned(n: int, at: str) -> Record:
+        value = {"event_id": f"ev-r{n}", "type": "return", "customer_id": "dry-c1", "ts": at}
+        value |= {"order_id": f"o{n}", "amount": 5.0, "reason": "broken"}
+        return Record(ret, 0, n, b"dry-c1", orjson.dumps(value))
+
+    def bought(n: int, at: str) -> Record:
+        return Record(buy, 0, n, b"dry-c1", orjson.dumps(purchase(f"ev-b{n}", "dry-c1", at)))
+
+    def sent_at() -> list[str]:
+        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
+
+    async def scenario() -> None:
+        login_10 = Record(login, 0, 0, b"dry-c1", good_event(0, "dry-c1", _at(10, 0)))
+        await ingestor.handle([login_10, returned(0, "2026-03-01T10:05:00Z")], ack)
+        assert ["10:00"] == sent_at()  # then it waits for the login topic
+        clock.now += 6.0
+        await ingestor.tick(ack)
+        assert ["10:00", "10:05"] == sent_at()  # the login topic stalls: up to 11:00
+        highwaters.update({(buy, 0): 2, (ret, 0): 2})
+        await ingestor.handle(
+            [bought(0, "2026-03-01T09:30:00Z"), returned(1, "2026-03-01T10:50:00Z")], ack
+        )
+        # The purchase topic ran dry with one more record to deliver: 10:50 waits for it.
+        assert ["10:00", "10:05", "09:30"] == sent_at()
+        await ingestor.handle([bought(1, "2026-03-01T09:40:00Z")], ack)
+        assert ["10:00", "10:05", "09:30", "09:40", "10:50"] == sent_at()
+
+    asyncio.run(scenario())

@@ -310,7 +310,10 @@ class Ingestor:
                     out.append((event, record))
                 tp = (record.topic, record.partition)
                 if not first.pending and not self._caught_up(tp, first):
+                    # It ran dry with records still to deliver: wait for it as for any other
+                    # (if the others stall, the bound is computed again, with it).
                     waiting[tp] = first
+                    stalled = False
         return out
 
     def _stall_bound(
