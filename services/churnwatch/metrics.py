@@ -89,6 +89,15 @@ class Metrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.ingest_stalls = Counter(
+            "churnwatch_ingest_stalls_total",
+            "Ingest topic partitions that stopped delivering before catching up: `bounded` when "
+            "the merge starts forwarding the other topics only up to the stalled one's last "
+            "event time plus the lateness, `gave_up` when it goes on without it (its events "
+            "may then be dead-lettered too_late).",
+            ["topic", "outcome"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "churnwatch_batch_seconds",
             "Wall time of one batch, from taking it to committing it.",

@@ -738,10 +738,11 @@ class _Merge:
         }
         self.clock, self.sink = _Clock(), _Sink()
         self.acked: list[tuple[str, int]] = []
+        self.metrics = Metrics(CollectorRegistry())
         self.ingestor = Ingestor(
             WorkerSettings(kafka=kafka, **settings),
             sink=self.sink,
-            metrics=Metrics(CollectorRegistry()),
+            metrics=self.metrics,
             topics=topics,
             assigned=lambda: set(self.highwaters),
             highwater=lambda t, p: self.highwaters.get((t, p)),
@@ -751,6 +752,12 @@ class _Merge:
 
     async def ack(self, records: Sequence[Record]) -> None:
         self.acked.extend((r.topic, r.offset) for r in records)
+
+    def stalls(self, topic: str, outcome: str) -> float:
+        """churnwatch_ingest_stalls_total of a topic and outcome (0 before the first)."""
+        labels = {"topic": topic, "outcome": outcome}
+        found = self.metrics.registry.get_sample_value("churnwatch_ingest_stalls_total", labels)
+        return found or 0.0
 
 
 def _login(n: int, hour: int) -> bytes:
@@ -833,6 +840,9 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
         clock.now += 6.0
         await ingestor.tick(ack)
         assert [] == sent_at()
+        assert 1.0 == merge.stalls(login, "bounded")
+        await ingestor.tick(ack)
+        assert 1.0 == merge.stalls(login, "bounded")  # one stall, counted once
         await ingestor.handle([rec(login, 0, _at(9, 0)), rec(login, 1, _at(10, 0))], ack)
         assert ["09:00", "09:30", "10:00"] == sent_at()  # then it waits for the login topic
         await ingestor.handle([rec(buy, 2, _at(11, 30))], ack)
@@ -854,9 +864,12 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
         await ingestor.tick(ack)
         assert "11:30" == sent_at()[-1]
         # ... until the login topic has been silent for ingest_stall_seconds.
+        assert (3.0, 0.0) == (merge.stalls(login, "bounded"), merge.stalls(login, "gave_up"))
         clock.now += 5.0
         await ingestor.tick(ack)
         assert "14:00" == sent_at()[-1]
+        assert (3.0, 1.0) == (merge.stalls(login, "bounded"), merge.stalls(login, "gave_up"))
+        assert 0.0 == merge.stalls(buy, "bounded")
 
     asyncio.run(scenario())
     assert 7 == len(sink.sent)

@@ -64,6 +64,9 @@ class _Source:
     """When we last sought back to `next_offset` (again every second while the gap lasts)."""
     last_ts: datetime | None = None
     """The event time of the last valid record received (since the assignment)."""
+    stall: str | None = None
+    """`bounded`, `unbounded` or `gave_up` while the merge treats this source as stalled (logged and
+    counted once per stall), None once it delivers again."""
 
 
 class Ingestor:
@@ -115,6 +118,9 @@ class Ingestor:
         """
         for name in self._ranks:
             metrics.prime_topic(name)
+            for outcome in ("bounded", "gave_up"):
+                # at 0 from the start, so that increase() sees a first stall
+                metrics.ingest_stalls.labels(name, outcome)
 
     async def handle(self, records: Sequence[Record], ack: Ack) -> None:
         """Take a batch of ingest records; forward what is ready."""
@@ -174,6 +180,7 @@ class Ingestor:
         self.metrics.records_consumed.labels(record.topic).inc()
         source.next_offset = record.offset + 1
         source.delivered_at = self._clock()
+        source.stall = None
         try:
             # The time bound is checked when the record's turn comes in the merge (`_ready`):
             # a backlog arrives far ahead of the largest event time forwarded so far.
@@ -331,22 +338,32 @@ class Ingestor:
         # Only a topic known to have records behind its high watermark bounds the others (one
         # whose high watermark is unknown yet may have nothing to deliver at all).
         behind = [s for tp, s in waiting.items() if self._highwater(*tp) is not None]
-        context = {
-            "partition": partition,
-            "waiting_for": [f"{t}:{p}" for t, p in waiting],
-            "silent_seconds": round(silent_for, 1),
-        }
-        if silent_for >= give_up:
-            log.error("ingest.merge_gave_up", extra=context)
-            return None
-        if not behind:
-            log.warning("ingest.merge_stalled", extra=context)
-            return None
-        lasts = [s.last_ts for s in behind]
-        bound = datetime.min.replace(tzinfo=UTC)
-        if all(last is not None for last in lasts):
-            bound = min(last for last in lasts if last is not None) + self._lateness
-        log.warning("ingest.merge_stalled", extra={**context, "forwarding_until": str(bound)})
+        bound: datetime | None = None
+        outcome = "gave_up"
+        if silent_for < give_up and behind:
+            outcome = "bounded"
+            lasts = [s.last_ts for s in behind]
+            bound = datetime.min.replace(tzinfo=UTC)
+            if all(last is not None for last in lasts):
+                bound = min(last for last in lasts if last is not None) + self._lateness
+        elif silent_for < give_up:
+            outcome = "unbounded"  # no high watermark known: as before the stall bound
+        changed = [(tp, s) for tp, s in waiting.items() if s.stall != outcome]
+        if changed:
+            for tp, source in changed:
+                source.stall = outcome
+                if outcome != "unbounded":
+                    self.metrics.ingest_stalls.labels(tp[0], outcome).inc()
+            context = {
+                "partition": partition,
+                "waiting_for": [f"{t}:{p}" for t, p in waiting],
+                "silent_seconds": round(silent_for, 1),
+                "forwarding_until": None if bound is None else bound.isoformat(),
+            }
+            if outcome == "gave_up":
+                log.error("ingest.merge_gave_up", extra=context)
+            else:
+                log.warning("ingest.merge_stalled", extra=context)
         return bound
 
     def _future_bound(self, record: Record) -> datetime | None:
