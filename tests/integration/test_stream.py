@@ -939,3 +939,59 @@ def test_a_topic_that_runs_dry_while_another_stalls_is_waited_for() -> None:
         assert ["10:00", "10:05", "09:30", "09:40", "10:50"] == sent_at()
 
     asyncio.run(scenario())
+
+
+def test_each_stalled_topic_is_given_up_on_by_its_own_silence() -> None:
+    """
+    A topic silent for `ingest_stall_seconds` stops bounding the others even while another
+    topic, silent for less, still stalls: that one alone bounds them then.
+    """
+    merge = _Merge("each.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    ret = KafkaSettings(partitions=1, topic_prefix="each.").topics().for_event("return")
+    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
+    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    highwaters.update({(login, 0): 5, (buy, 0): 5, (ret, 0): 3})
+
+    def record(topic: str, n: int, value: dict[str, Any]) -> Record:
+        return Record(topic, 0, n, b"each-c1", orjson.dumps(value))
+
+    def bought(n: int, at: str) -> Record:
+        return record(buy, n, purchase(f"ev-b{n}", "each-c1", at))
+
+    def returned(n: int, at: str) -> Record:
+        value = {"event_id": f"ev-r{n}", "type": "return", "customer_id": "each-c1", "ts": at}
+        return record(ret, n, value | {"order_id": f"o{n}", "amount": 5.0, "reason": "late"})
+
+    def sent_at() -> list[str]:
+        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
+
+    async def scenario() -> None:
+        login_9 = Record(login, 0, 0, b"each-c1", good_event(0, "each-c1", _at(9, 0)))
+        await ingestor.handle(
+            [
+                login_9,
+                bought(0, "2026-03-01T09:05:00Z"),
+                returned(0, "2026-03-01T09:10:00Z"),
+                returned(1, "2026-03-01T12:00:00Z"),
+                returned(2, "2026-03-01T13:00:00Z"),
+            ],
+            ack,
+        )
+        clock.now = 6.0
+        await ingestor.tick(ack)
+        assert ["09:00", "09:05", "09:10"] == sent_at()  # both stall: up to 10:00
+        clock.now = 20.0
+        await ingestor.handle([bought(1, "2026-03-01T11:30:00Z")], ack)
+        assert "09:10" == sent_at()[-1]  # the login topic still bounds at 10:00
+        # The login topic is given up on (silent 31 s); the purchase topic, silent 11 s,
+        # bounds alone: up to 11:30 + 1 h.
+        clock.now = 31.0
+        await ingestor.tick(ack)
+        assert ["09:10", "11:30", "12:00"] == sent_at()[-3:]
+        assert (1.0, 0.0) == (merge.stalls(login, "gave_up"), merge.stalls(buy, "gave_up"))
+        clock.now = 50.0
+        await ingestor.tick(ack)
+        assert "13:00" == sent_at()[-1]
+        assert 1.0 == merge.stalls(buy, "gave_up")
+
+    asyncio.run(scenario())

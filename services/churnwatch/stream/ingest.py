@@ -329,37 +329,40 @@ class Ingestor:
         """
         The latest event time the merge may forward while the `waiting` topics (none of which
         delivered anything for `ingest_idle_seconds`) stall: the earliest of their last event
-        times plus the allowed lateness; None (no bound) once none has delivered anything for
-        `ingest_stall_seconds`, or when no waiting topic's high watermark is known. A topic
-        that delivered nothing since the assignment gives `datetime.min` (nothing is
-        forwarded) until then.
+        times plus the allowed lateness. A topic counts only while it is known to have records
+        behind its high watermark (one whose high watermark is unknown may have nothing at
+        all) and until it has been silent for `ingest_stall_seconds` (then it is given up on,
+        each topic on its own). None (no bound) when no topic counts; `datetime.min` (nothing
+        is forwarded) while one that counts has delivered nothing since its assignment.
         """
-        silent_for = min(now - s.delivered_at for s in waiting.values())
-        # Only a topic known to have records behind its high watermark bounds the others (one
-        # whose high watermark is unknown yet may have nothing to deliver at all).
-        behind = [s for tp, s in waiting.items() if self._highwater(*tp) is not None]
+        outcomes: dict[TP, str] = {}
+        lasts: list[datetime | None] = []
+        for tp, source in waiting.items():
+            if self._highwater(*tp) is None:
+                outcomes[tp] = "unbounded"
+            elif now - source.delivered_at >= give_up:
+                outcomes[tp] = "gave_up"
+            else:
+                outcomes[tp] = "bounded"
+                lasts.append(source.last_ts)
         bound: datetime | None = None
-        outcome = "gave_up"
-        if silent_for < give_up and behind:
-            outcome = "bounded"
-            lasts = [s.last_ts for s in behind]
+        if lasts:
             bound = datetime.min.replace(tzinfo=UTC)
             if all(last is not None for last in lasts):
                 bound = min(last for last in lasts if last is not None) + self._lateness
-        elif silent_for < give_up:
-            outcome = "unbounded"  # no high watermark known: as before the stall bound
-        changed = [(tp, s) for tp, s in waiting.items() if s.stall != outcome]
-        if changed:
-            for tp, source in changed:
-                source.stall = outcome
-                if outcome != "unbounded":
-                    self.metrics.ingest_stalls.labels(tp[0], outcome).inc()
+        for tp, outcome in outcomes.items():
+            source = waiting[tp]
+            if source.stall == outcome:
+                continue  # logged and counted when it began
+            source.stall = outcome
             context = {
+                "topic": tp[0],
                 "partition": partition,
-                "waiting_for": [f"{t}:{p}" for t, p in waiting],
-                "silent_seconds": round(silent_for, 1),
+                "silent_seconds": round(now - source.delivered_at, 1),
                 "forwarding_until": None if bound is None else bound.isoformat(),
             }
+            if outcome != "unbounded":
+                self.metrics.ingest_stalls.labels(tp[0], outcome).inc()
             if outcome == "gave_up":
                 log.error("ingest.merge_gave_up", extra=context)
             else:
