@@ -26,6 +26,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "churnwatch_records_processed": ("counter", ("topic",)),
     "churnwatch_records_duplicates": ("counter", ("topic",)),
     "churnwatch_records_dead_lettered": ("counter", ("topic", "reason")),
+    "churnwatch_ingest_stalls": ("counter", ("topic", "outcome")),
     "churnwatch_batch_seconds": ("histogram", ()),
     "churnwatch_event_seconds": ("histogram", ()),
     "churnwatch_event_to_alert_seconds": ("histogram", ()),
@@ -54,6 +55,7 @@ def touch_every_metric(metrics: Metrics) -> None:
         counter.labels("churn.events").inc()
     metrics.records_duplicates.labels("churn.events").inc()
     metrics.records_dead_lettered.labels("events.login", "malformed_json").inc()
+    metrics.ingest_stalls.labels("events.login", "bounded").inc()
     metrics.batch_seconds.observe(0.02)
     metrics.event_seconds.observe(3e-5)
     metrics.event_to_alert_seconds.observe(0.4)
