@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import Event, parse_event
@@ -45,6 +46,10 @@ from churnwatch.stream.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+Stall = Literal["bounded", "unbounded", "gave_up"]
+"""A stalled source `bounded` the others (at its last event time plus the lateness), was
+`gave_up` on (silent for `ingest_stall_seconds`), or left them `unbounded` (its high watermark
+is unknown: it may have nothing to deliver)."""
 
 
 @dataclass(slots=True)
@@ -64,9 +69,9 @@ class _Source:
     """When we last sought back to `next_offset` (again every second while the gap lasts)."""
     last_ts: datetime | None = None
     """The event time of the last valid record received (since the assignment)."""
-    stall: str | None = None
-    """`bounded`, `unbounded` or `gave_up` while the merge treats this source as stalled (logged and
-    counted once per stall), None once it delivers again."""
+    stall: Stall | None = None
+    """How the merge treats this source while it stalls (logged and counted once per stall);
+    None once it delivers again."""
 
 
 class Ingestor:
@@ -335,7 +340,7 @@ class Ingestor:
         each topic on its own). None (no bound) when no topic counts; `datetime.min` (nothing
         is forwarded) while one that counts has delivered nothing since its assignment.
         """
-        outcomes: dict[TP, str] = {}
+        outcomes: dict[TP, Stall] = {}
         lasts: list[datetime | None] = []
         for tp, source in waiting.items():
             if self._highwater(*tp) is None:
