@@ -161,7 +161,12 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
                     "properties": {
                         **_HEADLINE,
                         "top_reasons": {"type": "array", "items": _REASON},
-                        "open_alerts": {"type": "array", "items": {"type": "object"}},
+                        "open_alerts": {
+                            "type": "array",
+                            "items": {"type": "object"},
+                            "description": "The alerts without a verdict among the customer's "
+                            "20 newest, newest first (older ones: GET /api/v1/customers/{id}).",
+                        },
                     },
                 },
                 "AtRiskPage": {
