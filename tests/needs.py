@@ -1,7 +1,8 @@
 """
-What the integration tests need from the machine, and how they react when it is missing: skip
-on a laptop, fail in CI (CI=true), so a green build means every test ran. Imported by
-conftest.py and the test modules (`from needs import ...`; pytest puts this folder on the path).
+What the tests need from the machine, and how they react when it is missing: skip on a laptop,
+fail in CI (CI=true), so a green build means every test ran. Imported by the conftest.py files
+and the test modules (`from needs import ...`; pytest puts `tests/` on the path, as for
+strategies.py).
 """
 
 from __future__ import annotations
