@@ -17,18 +17,15 @@ beside the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
+
+from bench_io import machine, write_result
 
 from churnwatch.core.events import parse_event
 from churnwatch.replay.engine import Replay
 from churnwatch.settings import CoreSettings
 from churnwatch.sim.simulator import SimConfig, Simulation
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -83,22 +80,13 @@ def main() -> None:
         "examples_learned": replay.counts.examples,
         "alerts": replay.counts.alerts,
         "total_wall_s": round(wall, 1),
-        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(load_before),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "core_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| measure | value |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in result.items()]
-    (RESULTS / "core_throughput.md").write_text(
-        "# Core throughput (one process, one core)\n\n"
-        "`.venv/bin/python benchmarks/core_throughput.py "
-        f"--customers {args.customers} --days {args.days} --repeat {args.repeat}`\n\n"
-        + "\n".join(lines)
-        + "\n"
+    command = (
+        ".venv/bin/python benchmarks/core_throughput.py "
+        f"--customers {args.customers} --days {args.days} --repeat {args.repeat}"
     )
-    print(json.dumps(result, indent=2))
+    write_result("core_throughput", "Core throughput (one process, one core)", command, result)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import redis
+from bench_io import machine, write_result
 from redis.utils import HIREDIS_AVAILABLE
 
 from churnwatch.core.state import CustomerState
@@ -38,8 +36,6 @@ from churnwatch.settings import CoreSettings
 from churnwatch.sim.simulator import SimConfig, Simulation
 from churnwatch.store.redis_store import BatchWrite, HistoryPoint, PartitionMeta, RedisStore
 from churnwatch.store.settings import StoreSettings
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def replayed_states(customers: int, records: int, states: int) -> list[CustomerState]:
@@ -120,22 +116,15 @@ def main() -> None:
         **figures,
         "hiredis": HIREDIS_AVAILABLE,
         "redis_py": redis.__version__,
-        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(load_before),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "store_roundtrip.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| measure | value |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in result.items()]
-    (RESULTS / "store_roundtrip.md").write_text(
-        "# Redis store round trip (client CPU per customer state)\n\n"
-        "`.venv/bin/python benchmarks/store_roundtrip.py "
-        f"--customers {args.customers} --states {args.states} --batch {args.batch}`\n\n"
-        + "\n".join(lines)
-        + "\n"
+    command = (
+        ".venv/bin/python benchmarks/store_roundtrip.py "
+        f"--customers {args.customers} --states {args.states} --batch {args.batch}"
     )
-    print(json.dumps(result, indent=2))
+    write_result(
+        "store_roundtrip", "Redis store round trip (client CPU per customer state)", command, result
+    )
 
 
 if __name__ == "__main__":
