@@ -31,7 +31,6 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.fetcher import ConsumerRecord
-from needs import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,6 +51,7 @@ from churnwatch.store import RedisStore, StoreSettings
 from churnwatch.stream.ingest import Ingestor
 from churnwatch.stream.records import Record
 from churnwatch.stream.settings import WorkerSettings
+from needs import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -725,13 +725,16 @@ class _Sink:
 
 
 class _Merge:
-    """An Ingestor on one partition of a login and a purchase ingest topic, with a fake clock,
-    a sink that keeps what is sent, and high watermarks the test sets."""
+    """An Ingestor on one partition of the login, purchase and return ingest topics (assigned
+    when they have a high watermark entry), with a fake clock, a sink that keeps what is sent,
+    high watermarks the test sets, and the records of one customer to feed it."""
 
     def __init__(self, prefix: str, **settings: Any) -> None:
         kafka = KafkaSettings(partitions=1, topic_prefix=prefix)
         topics = kafka.topics()
         self.login, self.buy = topics.for_event("login"), topics.for_event("purchase")
+        self.ret = topics.for_event("return")
+        self.customer = f"{prefix}c1"
         self.highwaters: dict[tuple[str, int], int | None] = {
             (self.login, 0): 0,
             (self.buy, 0): 0,
@@ -752,6 +755,27 @@ class _Merge:
 
     async def ack(self, records: Sequence[Record]) -> None:
         self.acked.extend((r.topic, r.offset) for r in records)
+
+    def _record(self, topic: str, n: int, value: dict[str, Any]) -> Record:
+        return Record(topic, 0, n, self.customer.encode(), orjson.dumps(value))
+
+    def logged(self, n: int, at: datetime) -> Record:
+        """A login at offset n of the login topic."""
+        return Record(self.login, 0, n, self.customer.encode(), good_event(n, self.customer, at))
+
+    def bought(self, n: int, at: datetime) -> Record:
+        """A purchase at offset n of the purchase topic."""
+        return self._record(self.buy, n, purchase(f"ev-b{n}", self.customer, at.isoformat()))
+
+    def returned(self, n: int, at: datetime) -> Record:
+        """A return at offset n of the return topic."""
+        value = {"event_id": f"ev-r{n}", "type": "return", "customer_id": self.customer}
+        value |= {"ts": at.isoformat(), "order_id": f"o{n}", "amount": 5.0, "reason": "late"}
+        return self._record(self.ret, n, value)
+
+    def sent_at(self) -> list[str]:
+        """The event times (HH:MM) of what was forwarded, in order."""
+        return [orjson.loads(value)["ts"][11:16] for value in self.sink.sent]
 
     def stalls(self, topic: str, outcome: str) -> float:
         """churnwatch_ingest_stalls_total of a topic and outcome (0 before the first)."""
@@ -822,44 +846,35 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
     ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
     highwaters.update({(login, 0): 5, (buy, 0): 3})
 
-    def rec(topic: str, offset: int, at: datetime) -> Record:
-        n = 100 * (topic == buy) + offset
-        if topic == login:
-            value = good_event(n, "stall-c1", at)
-        else:
-            value = orjson.dumps(purchase(f"ev-s{n}", "stall-c1", at.isoformat()))
-        return Record(topic, 0, offset, b"stall-c1", value, timestamp=None)
-
-    def sent_at() -> list[str]:
-        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
+    logged, bought, sent_at = merge.logged, merge.bought, merge.sent_at
 
     async def scenario() -> None:
         # The login topic has not delivered anything yet: nothing goes, even when it is
         # silent for longer than ingest_idle_seconds (no event time to bound the others by).
-        await ingestor.handle([rec(buy, 0, _at(9, 30)), rec(buy, 1, _at(10, 30))], ack)
+        await ingestor.handle([bought(0, _at(9, 30)), bought(1, _at(10, 30))], ack)
         clock.now += 6.0
         await ingestor.tick(ack)
         assert [] == sent_at()
         assert 1.0 == merge.stalls(login, "bounded")
         await ingestor.tick(ack)
         assert 1.0 == merge.stalls(login, "bounded")  # one stall, counted once
-        await ingestor.handle([rec(login, 0, _at(9, 0)), rec(login, 1, _at(10, 0))], ack)
+        await ingestor.handle([logged(0, _at(9, 0)), logged(1, _at(10, 0))], ack)
         assert ["09:00", "09:30", "10:00"] == sent_at()  # then it waits for the login topic
-        await ingestor.handle([rec(buy, 2, _at(11, 30))], ack)
+        await ingestor.handle([bought(2, _at(11, 30))], ack)
         assert 3 == len(sink.sent)
         # Silent for ingest_idle_seconds: the purchases go up to 10:00 + 1 h.
         clock.now += 5.0
         await ingestor.tick(ack)
         assert ["09:00", "09:30", "10:00", "10:30"] == sent_at()
         # The login topic delivers again: its event goes in order, and the bound moves on.
-        await ingestor.handle([rec(login, 2, _at(10, 45))], ack)
+        await ingestor.handle([logged(2, _at(10, 45))], ack)
         assert "10:45" == sent_at()[-1]
         clock.now += 5.0
         await ingestor.tick(ack)
         assert ["10:30", "10:45", "11:30"] == sent_at()[-3:]
         # A purchase far ahead waits for the login topic ...
         highwaters[(buy, 0)] = 4
-        await ingestor.handle([rec(buy, 3, _at(14, 0))], ack)
+        await ingestor.handle([bought(3, _at(14, 0))], ack)
         clock.now += 20.0
         await ingestor.tick(ack)
         assert "11:30" == sent_at()[-1]
@@ -906,36 +921,22 @@ def test_a_topic_that_runs_dry_while_another_stalls_is_waited_for() -> None:
     and leave its next events behind the scorer's watermark.
     """
     merge = _Merge("dry.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
-    ret = KafkaSettings(partitions=1, topic_prefix="dry.").topics().for_event("return")
-    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
-    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    login, buy, ret, highwaters = merge.login, merge.buy, merge.ret, merge.highwaters
+    ingestor, clock, ack, sent_at = merge.ingestor, merge.clock, merge.ack, merge.sent_at
+    bought, returned = merge.bought, merge.returned
     highwaters.update({(login, 0): 3, (buy, 0): 0, (ret, 0): 1})
 
-    def returned(n: int, at: str) -> Record:
-        value = {"event_id": f"ev-r{n}", "type": "return", "customer_id": "dry-c1", "ts": at}
-        value |= {"order_id": f"o{n}", "amount": 5.0, "reason": "broken"}
-        return Record(ret, 0, n, b"dry-c1", orjson.dumps(value))
-
-    def bought(n: int, at: str) -> Record:
-        return Record(buy, 0, n, b"dry-c1", orjson.dumps(purchase(f"ev-b{n}", "dry-c1", at)))
-
-    def sent_at() -> list[str]:
-        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
-
     async def scenario() -> None:
-        login_10 = Record(login, 0, 0, b"dry-c1", good_event(0, "dry-c1", _at(10, 0)))
-        await ingestor.handle([login_10, returned(0, "2026-03-01T10:05:00Z")], ack)
+        await ingestor.handle([merge.logged(0, _at(10, 0)), returned(0, _at(10, 5))], ack)
         assert ["10:00"] == sent_at()  # then it waits for the login topic
         clock.now += 6.0
         await ingestor.tick(ack)
         assert ["10:00", "10:05"] == sent_at()  # the login topic stalls: up to 11:00
         highwaters.update({(buy, 0): 2, (ret, 0): 2})
-        await ingestor.handle(
-            [bought(0, "2026-03-01T09:30:00Z"), returned(1, "2026-03-01T10:50:00Z")], ack
-        )
+        await ingestor.handle([bought(0, _at(9, 30)), returned(1, _at(10, 50))], ack)
         # The purchase topic ran dry with one more record to deliver: 10:50 waits for it.
         assert ["10:00", "10:05", "09:30"] == sent_at()
-        await ingestor.handle([bought(1, "2026-03-01T09:40:00Z")], ack)
+        await ingestor.handle([bought(1, _at(9, 40))], ack)
         assert ["10:00", "10:05", "09:30", "09:40", "10:50"] == sent_at()
 
     asyncio.run(scenario())
@@ -947,41 +948,19 @@ def test_each_stalled_topic_is_given_up_on_by_its_own_silence() -> None:
     topic, silent for less, still stalls: that one alone bounds them then.
     """
     merge = _Merge("each.", ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
-    ret = KafkaSettings(partitions=1, topic_prefix="each.").topics().for_event("return")
-    login, buy, highwaters = merge.login, merge.buy, merge.highwaters
-    ingestor, sink, clock, ack = merge.ingestor, merge.sink, merge.clock, merge.ack
+    login, buy, ret, highwaters = merge.login, merge.buy, merge.ret, merge.highwaters
+    ingestor, clock, ack, sent_at = merge.ingestor, merge.clock, merge.ack, merge.sent_at
+    bought, returned = merge.bought, merge.returned
     highwaters.update({(login, 0): 5, (buy, 0): 5, (ret, 0): 3})
 
-    def record(topic: str, n: int, value: dict[str, Any]) -> Record:
-        return Record(topic, 0, n, b"each-c1", orjson.dumps(value))
-
-    def bought(n: int, at: str) -> Record:
-        return record(buy, n, purchase(f"ev-b{n}", "each-c1", at))
-
-    def returned(n: int, at: str) -> Record:
-        value = {"event_id": f"ev-r{n}", "type": "return", "customer_id": "each-c1", "ts": at}
-        return record(ret, n, value | {"order_id": f"o{n}", "amount": 5.0, "reason": "late"})
-
-    def sent_at() -> list[str]:
-        return [orjson.loads(value)["ts"][11:16] for value in sink.sent]
-
     async def scenario() -> None:
-        login_9 = Record(login, 0, 0, b"each-c1", good_event(0, "each-c1", _at(9, 0)))
-        await ingestor.handle(
-            [
-                login_9,
-                bought(0, "2026-03-01T09:05:00Z"),
-                returned(0, "2026-03-01T09:10:00Z"),
-                returned(1, "2026-03-01T12:00:00Z"),
-                returned(2, "2026-03-01T13:00:00Z"),
-            ],
-            ack,
-        )
+        first = [merge.logged(0, _at(9, 0)), bought(0, _at(9, 5)), returned(0, _at(9, 10))]
+        await ingestor.handle([*first, returned(1, _at(12, 0)), returned(2, _at(13, 0))], ack)
         clock.now = 6.0
         await ingestor.tick(ack)
         assert ["09:00", "09:05", "09:10"] == sent_at()  # both stall: up to 10:00
         clock.now = 20.0
-        await ingestor.handle([bought(1, "2026-03-01T11:30:00Z")], ack)
+        await ingestor.handle([bought(1, _at(11, 30))], ack)
         assert "09:10" == sent_at()[-1]  # the login topic still bounds at 10:00
         # The login topic is given up on (silent 31 s); the purchase topic, silent 11 s,
         # bounds alone: up to 11:30 + 1 h.
