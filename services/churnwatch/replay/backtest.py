@@ -115,8 +115,8 @@ class HistoryScan:
     """The latest event time the replay accepts (records it would reject do not count)."""
     times: array[int]
     """Per record, its event time in microseconds since the epoch (`_NO_TIME` if invalid)."""
-    types: Mapping[str, int] = field(default_factory=dict)
-    """Valid events by type."""
+    logins: int = 0
+    """Valid login events."""
 
 
 def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> HistoryScan:
@@ -132,7 +132,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
     high: dict[int, datetime] = {}
     first: datetime | None = None
     last: datetime | None = None
-    types: Counter[str] = Counter()
+    logins = 0
     cfg = policy.config
     for raw in source():
         try:
@@ -140,7 +140,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
         except BadEventError:
             times.append(_NO_TIME)
             continue
-        types[event.type] += 1
+        logins += event.type == "login"
         ts = event.ts
         times.append((ts - _EPOCH) // _MICRO)
         if check_time(ts, None, cfg, latest=last) is not None:
@@ -155,7 +155,7 @@ def scan_history(source: RecordSource, policy: Policy, *, partitions: int) -> Hi
     if first is None or last is None:
         msg = f"expected at least one valid event in the history, got none in {len(times)} records"
         raise ChurnwatchError(msg)
-    return HistoryScan(len(times), first, last, times, dict(types))
+    return HistoryScan(len(times), first, last, times, logins)
 
 
 # -- labels ---------------------------------------------------------------------------------
@@ -931,7 +931,7 @@ def run_backtest(
             "churned in its last "
             f"{horizon / timedelta(days=1):g} days count as staying."
         )
-    if not scan.types.get("login") and policy.rules.labels is None:
+    if not scan.logins and policy.rules.labels is None:
         notes.append(
             "The history has no logins and the rules file has no `labels` section: a "
             "customer counts as churned after any "
