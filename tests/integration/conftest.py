@@ -19,6 +19,7 @@ from uuid import uuid4
 import pytest
 import redis
 from kafka.admin import KafkaAdminClient, NewTopic
+
 from needs import require_binaries, unavailable
 
 HERE = Path(__file__).resolve().parent

@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 import pytest
-from needs import free_port, require_binaries
 
 from churnwatch.core.feedback import parse_verdicts, rule_feedback
 from churnwatch.sim.simulator import SimConfig, Simulation
+from needs import free_port, require_binaries
 
 PAGE = 7
 

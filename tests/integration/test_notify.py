@@ -34,7 +34,6 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from needs import free_port
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -56,6 +55,7 @@ from churnwatch.notify.settings import (
 )
 from churnwatch.notify.state import DeliveryStore
 from churnwatch.notify.webhook import WebhookSender
+from needs import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0

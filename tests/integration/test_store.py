@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
-from needs import free_port, require_binaries
 from pydantic import SecretStr
 
 from churnwatch.core.engine import EngineConfig, Policy, process_event
@@ -29,6 +28,7 @@ from churnwatch.core.rules import default_rules
 from churnwatch.core.state import CustomerState
 from churnwatch.store import BatchWrite, OutboxEntry, PartitionMeta, RedisStore, StoreSettings
 from churnwatch.store.redis_store import version_tuple, waitaof_reason
+from needs import free_port, require_binaries
 
 T = TypeVar("T")
 # Every wait in this file is bounded by one of these.

@@ -18,7 +18,6 @@ from uuid import uuid4
 
 import pytest
 import redis
-from needs import require_binaries
 from redis.crc import key_slot
 from test_store import START_AT, batch, real_states, run
 
@@ -26,6 +25,7 @@ from churnwatch.core.errors import StoreUnavailableError
 from churnwatch.core.state import CustomerState
 from churnwatch.store import OutboxEntry, PartitionMeta, RedisStore, StoreSettings
 from churnwatch.store.redis_store import version_tuple
+from needs import require_binaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = REPO_ROOT / "deploy" / "local" / "redis-cluster.sh"
