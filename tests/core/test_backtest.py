@@ -316,7 +316,7 @@ def strict(source: bt.RecordSource) -> bt.BacktestResult:
     text = (ROOT / "rules/examples/strict.yaml").read_text()
     text = text.replace(
         "{enterprise: 35, growth: 30, starter: 25, default: 25}",
-        "{enterprise: 60, growth: 55, starter: 50, default: 50}",
+        "{enterprise: 70, growth: 65, starter: 60, default: 60}",
     )
     return bt.run_backtest(
         source,

@@ -186,6 +186,12 @@ def batch_vector(
         elif since(purchases) > 0:
             gap_ratio = 10.0
     all_times = [to_days(e.ts) for e in events]
+    distinct = sorted(set(behaviour))
+    last_gap = distinct[-1] - distinct[-2] if len(distinct) >= 2 else 0.0
+    event_gap_ratio = 0.0
+    if len(behaviour) >= 2 and distinct[-1] > distinct[0]:
+        mean_gap = (distinct[-1] - distinct[0]) / (len(behaviour) - 1)
+        event_gap_ratio = min((now - distinct[-1]) / mean_gap, 10.0)
     login_short, login_long = rate(logins, short), rate(logins, long)
     buy_short, buy_long = rate(purchases, p_short), rate(purchases, p_long)
     return {
@@ -218,6 +224,8 @@ def batch_vector(
         "avg_purchase_gap_days": avg_gap,
         "purchase_gap_ratio": gap_ratio,
         "repeat_buyer": 1.0 if len(buys) >= 2 else 0.0,
+        "last_gap_days": last_gap,
+        "gap_ratio": event_gap_ratio,
     }
 
 

@@ -297,7 +297,7 @@ BROKEN = [
             "x.yaml:35: model.prior_input: must be a valid boolean, got 'yes please'",
             "x.yaml:36: model.learning_rate: must be greater than 0, got 0",
             "x.yaml:37: model.momentum: unknown key 'momentum' (expected one of: prior_input, "
-            "learning_rate, l2)",
+            "optimizer, learning_rate, l2)",
         ],
         id="model-section",
     ),
@@ -326,9 +326,9 @@ def test_load_rules_names_the_path(tmp_path: Path) -> None:
 
 def test_known_features_are_the_feature_contract() -> None:
     """
-    KNOWN_FEATURES lists the 29 feature names of the feature vector, each once.
+    KNOWN_FEATURES lists the 31 feature names of the feature vector, each once.
     """
-    assert 29 == len(set(KNOWN_FEATURES)) == len(KNOWN_FEATURES)
+    assert 31 == len(set(KNOWN_FEATURES)) == len(KNOWN_FEATURES)
 
 
 @pytest.mark.parametrize(

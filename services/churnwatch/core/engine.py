@@ -50,7 +50,11 @@ class EngineConfig:
     """
 
     horizon: timedelta = timedelta(days=30)
-    """Label horizon H: silent this long after a snapshot means churned."""
+    """Label horizon H: silent this long after a snapshot means churned. With `learn_horizon`
+    the least H can be: the horizon is learned from the stream (`core.population`)."""
+    learn_horizon: bool = True
+    """Whether H is learned from the gaps between activities (the model checkpoint's counts,
+    so a function of the event-time history), or fixed at `horizon`."""
     lateness: timedelta = timedelta(hours=1)
     """Allowed lateness: the watermark is the largest event time seen less this."""
     max_future: timedelta = timedelta(days=7)
@@ -58,8 +62,14 @@ class EngineConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     snapshot_every: timedelta = timedelta(days=7)
     """At most one periodic training snapshot per customer per this long."""
-    silence_checkpoints: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=14))
-    """Times into a silence at which the sweep re-scores the customer and takes a snapshot."""
+    silence_checkpoints: tuple[timedelta, ...] = tuple(
+        timedelta(days=d) for d in (7, 14, 30, 60, 90, 180, 365)
+    )
+    """Times into a silence at which the sweep re-scores the customer and takes a snapshot
+    (one within `checkpoint_reach` horizons: a ladder that fits a daily app and a yearly shop)."""
+    checkpoint_reach: float = 2.0
+    """Training snapshots are taken at the silence checkpoints up to this many label horizons
+    (H as in force at the checkpoint); later ones only re-score."""
     anchor_every: timedelta = timedelta(days=7)
     """Changes are explained against a score one to two of these back."""
     model_epoch: timedelta = timedelta(days=1)
@@ -82,6 +92,12 @@ class _Plan:
     """`timedelta(days=inactivity.days)`: the inactivity rule's time for most customers."""
     label_gap_multiple: float = 0.0
     """The rules file's `labels.gap_multiple`: a snapshot's horizon is max(H, k x its gap)."""
+    fixed_horizon: timedelta | None = None
+    """H when it is not learned (the rules file's `labels.horizon_days`, or the config's)."""
+    horizon_floor_days: float = 30.0
+    """The least a learned H can be, in days."""
+    snapshot_reach: float | None = None
+    """Snapshots at the checkpoints up to this many horizons; None: at every checkpoint."""
     prior_input: bool = False
     """The rules file's `model.prior_input`: the vector carries the prior's logit."""
 
@@ -90,8 +106,13 @@ class _Plan:
         inactivity = rules.inactivity
         labels = rules.labels
         checkpoints = tuple(config.silence_checkpoints)
+        reach: float | None = config.checkpoint_reach
         if labels is not None and labels.silence_checkpoints_days is not None:
             checkpoints = tuple(timedelta(days=d) for d in labels.silence_checkpoints_days)
+            reach = None
+        fixed = None if config.learn_horizon else config.horizon
+        if labels is not None and labels.horizon_days is not None:
+            fixed = timedelta(days=labels.horizon_days)
         return cls(
             prior=PriorPlan.build(rules),
             checkpoints=checkpoints,
@@ -101,7 +122,16 @@ class _Plan:
             inactivity_after=timedelta(days=inactivity.days),
             label_gap_multiple=0.0 if labels is None else labels.gap_multiple,
             prior_input=rules.model is not None and rules.model.prior_input,
+            fixed_horizon=fixed,
+            horizon_floor_days=config.horizon / _DAY,
+            snapshot_reach=reach,
         )
+
+    def label_horizon(self, model: ModelView) -> timedelta:
+        """H for a snapshot taken while scoring with `model`: fixed, or learned by it."""
+        if self.fixed_horizon is not None:
+            return self.fixed_horizon
+        return timedelta(days=model.horizon_days(self.horizon_floor_days))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +155,17 @@ class Policy:
         """
         config = config or EngineConfig()
         section = rules.model
-        if section is not None and (section.learning_rate is not None or section.l2 is not None):
-            model = dataclasses.replace(
-                config.model,
-                learning_rate=(
-                    config.model.learning_rate
-                    if section.learning_rate is None
-                    else section.learning_rate
-                ),
-                l2=config.model.l2 if section.l2 is None else section.l2,
-            )
-            config = dataclasses.replace(config, model=model)
+        if section is not None:
+            changes: dict[str, object] = {}
+            if section.learning_rate is not None:
+                changes["learning_rate"] = section.learning_rate
+            if section.l2 is not None:
+                changes["l2"] = section.l2
+            if section.optimizer is not None:
+                changes["optimizer"] = section.optimizer
+            if changes:
+                model = dataclasses.replace(config.model, **changes)  # type: ignore[arg-type]
+                config = dataclasses.replace(config, model=model)
         return cls(rules, rules_fingerprint(rules), config)
 
 
@@ -147,6 +177,10 @@ class ModelView(Protocol):
 
     @property
     def n_labels(self) -> int: ...
+
+    def evidence(self, x: Mapping[str, float]) -> int: ...
+
+    def horizon_days(self, floor_days: float) -> float: ...
 
     def predict_one(self, x: Mapping[str, float]) -> float: ...
 
@@ -191,6 +225,9 @@ class StepResult:
     scoring: Scoring | None = None
     due_at: datetime | None = field(default=None, kw_only=True)
     """`next_due_at(state, policy)` of the new state, computed once by the step."""
+    caught_up: tuple[Scoring, ...] = field(default=(), kw_only=True)
+    """The scorings of the silence checkpoints an event caught up on before its own (a
+    checkpoint the sweep had not reached yet), in time order; `scoring` is the event's."""
 
 
 def check_time(
@@ -272,8 +309,11 @@ def _score(
     prior_p, onboarding, prior_factors = prior.evaluate(x)
     if policy.plan.prior_input:
         x[PRIOR_INPUT] = prior_logit(prior_p)
-    n_labels = model.n_labels
-    weight = 0.0 if onboarding else model_weight(n_labels, cfg.model)
+    # Cold start by evidence: the model's weight grows with the labels it learned from
+    # customers like this one (its cohort of event count and tenure), whatever profile the
+    # prior used; the onboarding profile fades as the model learns about new customers.
+    n_labels = model.evidence(x)
+    weight = model_weight(n_labels, cfg.model)
     model_p: float | None = None
     p = prior_p
     parts: _Explained | None = None
@@ -393,7 +433,9 @@ def _next_due(state: CustomerState, plan: _Plan) -> datetime | None:
         horizon = plan.horizon
         k = plan.label_gap_multiple
         for snap in pending:
-            t = snap.taken_at + (horizon if k <= 0.0 else horizon_of(snap, horizon, k))
+            t = snap.taken_at + (
+                horizon if k <= 0.0 and snap.horizon is None else horizon_of(snap, horizon, k)
+            )
             if t > after and (best is None or t < best):
                 best = t
     return best
@@ -541,6 +583,7 @@ def _sweep(
     records: list[al.AlertRecord],
     examples: list[Example],
     first_due: datetime | None = None,
+    scorings: list[Scoring] | None = None,
 ) -> tuple[CustomerState, Scoring | None, datetime | None]:
     """
     `sweep_one`, appending its alerts and examples to the caller's lists; `first_due` is
@@ -597,12 +640,20 @@ def _sweep(
         model = model_for(due)
         explained = _captures(state.next_anchor, due, policy)
         x, scoring, parts = _score(state.features, due, model, policy, explained=explained)
+        if scorings is not None:
+            scorings.append(scoring)
         extra: list[al.Decision] = []
         extra_states: dict[str, al.RuleState] = {}
         if due == inactive_at:
             extra_states, extra = al.evaluate_inactivity(state.rules, at=due, rules=policy.rules)
-        if due - last in checkpoints and not is_lost(x, horizon, plan.label_gap_multiple):
-            pending = (*pending, Snapshot(due, "silence", x))
+        silence = due - last
+        if silence in checkpoints:
+            label_horizon = plan.label_horizon(model)
+            reach = plan.snapshot_reach
+            if (reach is None or silence <= reach * label_horizon) and not is_lost(
+                x, label_horizon, plan.label_gap_multiple
+            ):
+                pending = (*pending, Snapshot(due, "silence", x, label_horizon))
         rule_states = dict(state.rules)
         made, anchor, next_anchor = _decide(
             state.customer_id,
@@ -677,10 +728,13 @@ def process_event(
     examples: list[Example] = []
     ts = event.ts
     previous = state.last_activity_at
+    caught_up: list[Scoring] = []
     if previous is not None and ts > previous:
         due = _next_due(state, policy.plan) if due_at is _Unknown.UNKNOWN else due_at
         if due is not None and due < ts:  # the silence before this event has work in it
-            state = _sweep(state, ts, False, model_for, policy, records, examples, due)[0]
+            state = _sweep(
+                state, ts, False, model_for, policy, records, examples, due, caught_up
+            )[0]
             previous = state.last_activity_at
 
     # max(previous, ts), which keeps `previous` on a tie
@@ -718,7 +772,7 @@ def process_event(
             kind = "sample"
             last_sample_at = last
         kept = tuple(s for s in pending if s.kind != "event" and s.taken_at != last)
-        pending = (*kept, Snapshot(last, kind, x))
+        pending = (*kept, Snapshot(last, kind, x, policy.plan.label_horizon(model)))
 
     seen_floor = _days(watermark)
     seen = {eid: day for eid, day in state.seen.items() if day >= seen_floor}
@@ -765,4 +819,5 @@ def process_event(
         tuple(examples),
         scoring,
         due_at=_next_due(state, policy.plan),
+        caught_up=tuple(caught_up),
     )

@@ -112,6 +112,8 @@ _TEXTS: Final[dict[str, Callable[[float], str]]] = {
     "avg_purchase_gap_days": lambda v: f"usually buys every {v:.0f} days",
     "purchase_gap_ratio": lambda v: f"{v:.1f}x the usual gap since the last purchase",
     "repeat_buyer": lambda v: "repeat buyer" if v else "one-time buyer",
+    "last_gap_days": lambda v: f"{v:.0f} days between the last two activities",
+    "gap_ratio": lambda v: f"silent {v:.1f}x the usual gap between activities",
     PRIOR_INPUT: lambda v: f"health points {100.0 * (1.0 - _sigmoid(v)):.0f} of 100 by the rules",
 }
 

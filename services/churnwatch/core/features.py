@@ -194,6 +194,9 @@ class Features:
     csat_count: int = 0
     tickets: tuple[TicketState, ...] = ()
     """Known tickets, sorted by `ticket_id`."""
+    prev_day: float | None = None
+    """The second-largest distinct `ts` of any event except cancellations: with `ref_day`, the
+    latest gap between two activities (`last_gap_days`), whatever order the events came in."""
 
 
 _EMPTY: Final = Features()
@@ -228,6 +231,8 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "avg_purchase_gap_days",
     "purchase_gap_ratio",
     "repeat_buyer",
+    "last_gap_days",
+    "gap_ratio",
 )
 """The keys of `vector`, in the order it returns them."""
 
@@ -270,9 +275,11 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
     ticket_load, return_long, csat_low = f.ticket_load, f.return_long, f.csat_low
 
     ref = f.ref_day
+    prev = f.prev_day
     if ref is None:
         ref = ts
     elif ts > ref:
+        prev = ref
         # Move the reference forward: everything seen so far ages by (ts - ref).
         step = ts - ref
         e_short = math.exp(-step / short)
@@ -287,6 +294,8 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
         spend_long *= e_p_long
         return_long *= e_p_long
         ref = ts
+    elif ts < ref and (prev is None or ts > prev):
+        prev = ts  # a late event between the two latest activities
     age = ref - ts  # >= 0: how far this event lies behind the reference
 
     first = f.first_day
@@ -369,6 +378,7 @@ def update_one(features: Features, event: Event, *, config: FeatureConfig = DEFA
         csat_sum,
         csat_count,
         tickets,
+        prev,  # prev_day
     )
 
 
@@ -528,6 +538,16 @@ def vector(
         login_trend = login_rate_short / login_rate_long
         if login_trend > _TREND_MAX:
             login_trend = _TREND_MAX
+    # The customer's rhythm over all its activity: the mean gap between activities so far,
+    # against the silence now (purchases alone have their own ratio above).
+    last_gap = 0.0
+    prev = features.prev_day
+    if prev is not None and ref is not None:
+        last_gap = ref - prev
+    event_gap_ratio = 0.0
+    if first is not None and ref is not None and features.event_count >= 2 and ref > first:
+        mean_gap = (ref - first) / (features.event_count - 1)
+        event_gap_ratio = min((now - ref) / mean_gap, _GAP_RATIO_MAX)
     if purchase_rate_long < _TINY_RATE:
         purchase_trend = 1.0
     else:
@@ -565,6 +585,8 @@ def vector(
         "avg_purchase_gap_days": avg_gap,
         "purchase_gap_ratio": gap_ratio,
         "repeat_buyer": 1.0 if purchase_count >= 2 else 0.0,
+        "last_gap_days": last_gap,
+        "gap_ratio": event_gap_ratio,
     }
 
 
@@ -586,6 +608,8 @@ def _trend(short_rate: float, long_rate: float) -> float:
 _OPTIONAL_FLOATS: Final = tuple(f.name for f in fields(Features) if f.type == "float | None")
 _FLOATS: Final = tuple(f.name for f in fields(Features) if f.type == "float")
 _INTS: Final = tuple(f.name for f in fields(Features) if f.type == "int")
+_ADDED: Final = frozenset({"prev_day"})
+"""Fields added after format 1 was first written; their absence reads as None."""
 _VERSION_KEY: Final = PREFIX + "v"
 _TICKETS_KEY: Final = PREFIX + "tickets"
 
@@ -632,7 +656,8 @@ def from_dict(data: Mapping[str, str]) -> Features:
         raise ValueError(msg)
     values: dict[str, object] = {}
     for name in _OPTIONAL_FLOATS:
-        text = _get(data, PREFIX + name)
+        # A state written before a field existed lacks it: "never happened" (`_ADDED`).
+        text = data.get(PREFIX + name, "") if name in _ADDED else _get(data, PREFIX + name)
         values[name] = None if text == "" else _parse_float(PREFIX + name, text)
     for name in _FLOATS:
         values[name] = _parse_float(PREFIX + name, _get(data, PREFIX + name))

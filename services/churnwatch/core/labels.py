@@ -6,7 +6,8 @@ after `s`?". It resolves negative at the customer's next activity within the hor
 positive when the horizon passes in silence or an explicit cancellation arrives. A snapshot holds
 only features computed up to `s`, so an example never sees its own future.
 
-The horizon of a snapshot is the label horizon H. With a `gap_multiple` k > 0 (the rules
+The horizon of a snapshot is the label horizon H in force when it was taken (`Snapshot.horizon`:
+learned from the stream, so it can differ between snapshots; None for the caller's H). With a `gap_multiple` k > 0 (the rules
 file's `labels` section) a snapshot asks instead "will the silence this customer is in last
 max(H, k x its usual gap between purchases) in all?", the gap and the silence so far read from
 the snapshot's own features: for a shopper who buys every few weeks, "silent for H" measures
@@ -40,6 +41,8 @@ class Snapshot:
     taken_at: datetime
     kind: SnapshotKind
     x: Mapping[str, float]
+    horizon: timedelta | None = None
+    """The label horizon H in force when it was taken; None: the caller's H."""
 
 
 @fast_init
@@ -74,6 +77,8 @@ def horizon_of(snap: Snapshot, horizon: timedelta, gap_multiple: float) -> timed
     horizon is that less the days of silence the snapshot already saw (`days_since_event`).
     It is not positive when the silence is that long already (`is_lost`).
     """
+    if snap.horizon is not None:
+        horizon = snap.horizon
     if gap_multiple <= 0.0:
         return horizon
     x = snap.x
@@ -124,9 +129,7 @@ def resolve_on_activity(
         if snap.taken_at >= at:
             keep.append(snap)
             continue
-        churned = at - snap.taken_at > (
-            horizon if gap_multiple <= 0.0 else horizon_of(snap, horizon, gap_multiple)
-        )
+        churned = at - snap.taken_at > horizon_of(snap, horizon, gap_multiple)
         if churned or snap.kind != "event":
             examples.append(Example(customer_id, snap.taken_at, at, snap.x, churned))
     return tuple(keep), examples
@@ -156,9 +159,7 @@ def resolve_on_silence(
     keep: list[Snapshot] = []
     examples: list[Example] = []
     for snap in pending:
-        resolved_at = snap.taken_at + (
-            horizon if gap_multiple <= 0.0 else horizon_of(snap, horizon, gap_multiple)
-        )
+        resolved_at = snap.taken_at + horizon_of(snap, horizon, gap_multiple)
         if resolved_at <= watermark:
             examples.append(Example(customer_id, snap.taken_at, resolved_at, snap.x, True))
         else:

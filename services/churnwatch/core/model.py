@@ -48,6 +48,7 @@ from river import utils as river_utils
 from river.utils import math as river_math
 
 from churnwatch.core.errors import ConfigError, ModelFormatError
+from churnwatch.core.population import Population
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -75,6 +76,16 @@ The pipelines `benchmarks/model_choice.py` compares.
 
 KINDS: Final[tuple[ModelKind, ...]] = get_args(ModelKind)
 
+Optimizer = Literal["adagrad", "sgd"]
+"""
+The logistic regression's optimizer. `adagrad` (the default): a step per feature that shrinks
+with the squared gradients that feature has seen, so the weights settle instead of following
+the latest examples (labels arrive in bursts: every silence that reaches the horizon resolves
+at once); on CDNOW at the 1997-09-30 cut it ranks at 0.764 where SGD at 0.01 ranks at 0.749.
+`sgd`: a constant step (the engine's model before; rules/examples/ecommerce.yaml asks for it).
+"""
+OPTIMIZERS: Final[tuple[Optimizer, ...]] = get_args(Optimizer)
+
 MAGIC: Final = b"CWMODEL\x00"
 FORMAT_VERSION: Final = 1
 _HEADER: Final = struct.Struct(">8sH32s")  # magic, format version, sha256 of the payload
@@ -94,6 +105,7 @@ class ModelConfig:
     """
 
     kind: ModelKind = "logreg"
+    optimizer: Optimizer = "adagrad"
     seed: int = 42
     learning_rate: float = 0.01
     l2: float = 0.001
@@ -104,6 +116,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             msg = f"model kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            raise ConfigError(msg)
+        if self.optimizer not in OPTIMIZERS:
+            msg = f"model optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             raise ConfigError(msg)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             msg = f"learning_rate must be a finite number > 0, got {self.learning_rate}"
@@ -129,7 +144,11 @@ def _build_pipeline(config: ModelConfig) -> Any:
             (
                 "model",
                 linear_model.LogisticRegression(
-                    optimizer=optim.SGD(config.learning_rate),
+                    optimizer=(
+                        optim.AdaGrad(config.learning_rate)
+                        if config.optimizer == "adagrad"
+                        else optim.SGD(config.learning_rate)
+                    ),
                     l2=config.l2,
                     intercept_lr=config.learning_rate,
                 ),
@@ -316,7 +335,11 @@ def _learn_regression(model: Any, x: dict[str, float], label: bool) -> None:
         if model.l2:
             gradient.iadd_scaled(masked, model.l2)
         model.intercept -= model.intercept_lr.get(optimizer.n_iterations) * loss_gradient
-        masked.isub_scaled(gradient, optimizer.lr.get(optimizer.n_iterations))
+        if type(optimizer) is optim.AdaGrad:
+            # AdaGrad has no vector step: River's optimizer.step falls back to this one
+            optimizer._step_with_dict(masked, gradient)
+        else:
+            masked.isub_scaled(gradient, optimizer.lr.get(optimizer.n_iterations))
         optimizer.n_iterations += 1
     finally:
         model._weights = weights  # _exit_learn_mode
@@ -340,6 +363,8 @@ class _Flat:
     __slots__ = (
         "clip",
         "counts",
+        "eps",
+        "g2",
         "gradient",
         "intercept",
         "intercept_lr",
@@ -365,6 +390,12 @@ class _Flat:
         self.means: list[float] = [scaler.means[name] for name in names]
         self.vars: list[float] = [scaler.vars[name] for name in names]
         self.weights: list[float] = [model._weights[name] for name in names]
+        # AdaGrad's sums of squared gradients, per name (None for SGD)
+        self.g2: list[float] | None = None
+        self.eps = 0.0
+        if type(optimizer) is optim.AdaGrad:
+            self.g2 = [optimizer.g2[name] for name in names]
+            self.eps = optimizer.eps
         self.intercept: float = model.intercept
         self.n_iterations: int = optimizer.n_iterations
         # Constant schedules (checked by `_logreg_steps`): the same rate at every step.
@@ -385,6 +416,7 @@ class _Flat:
             or list(scaler.means) != order
             or list(scaler.vars) != order
             or list(model._weights.keys()) != order
+            or (type(model.optimizer) is optim.AdaGrad and list(model.optimizer.g2) != order)
         ):
             return None
         return cls(steps, names)
@@ -445,7 +477,17 @@ class _Flat:
         l2 = self.l2
         lr = self.lr
         self.intercept -= self.intercept_lr * loss_gradient
-        if l2:
+        g2 = self.g2
+        if g2 is not None:
+            # AdaGrad._step_with_dict over the gradient (x * loss gradient + l2 * w)
+            eps = self.eps
+            for k, xi in enumerate(after):
+                w = weights[k]
+                gi = xi * loss_gradient + l2 * w if l2 else xi * loss_gradient
+                total = g2[k] + gi**2
+                g2[k] = total
+                weights[k] = w - lr / (total + eps) ** 0.5 * gi
+        elif l2:
             for k, xi in enumerate(after):
                 w = weights[k]
                 weights[k] = w - lr * (xi * loss_gradient + l2 * w)
@@ -466,6 +508,10 @@ class _Flat:
             means[name] = self.means[k]
             vars_[name] = self.vars[k]
             weights[name] = self.weights[k]
+        if self.g2 is not None:
+            g2 = model.optimizer.g2
+            for k, name in enumerate(self.names):
+                g2[name] = self.g2[k]
         model.intercept = self.intercept
         model.optimizer.n_iterations = self.n_iterations
 
@@ -477,9 +523,13 @@ def _fast_learning_agrees() -> bool:
     steps they call) predict and learn exactly as River's own `Pipeline.predict_proba_one` and
     `Pipeline.learn_one` do: the same probabilities, and the same pickle after learning (so the
     same bits and the same key order). Checked once per process on a few made-up examples; if
-    a River release changes its arithmetic or its internals, the fast paths turn off.
+    a River release changes its arithmetic or its internals, the fast paths turn off. Both
+    optimizers are checked.
     """
-    config = ModelConfig()
+    return all(_fast_learning_agrees_for(ModelConfig(optimizer=name)) for name in OPTIMIZERS)
+
+
+def _fast_learning_agrees_for(config: ModelConfig) -> bool:
     examples = [
         ({"a": 1.5, "b": 0.0, "c": -2.25}, True),
         ({"a": 0.25, "b": 3.0, "c": 0.0}, False),
@@ -643,6 +693,7 @@ class Scorer:
         "_n_labels",
         "_names",
         "_pipeline",
+        "_population",
         "_version",
     )
 
@@ -662,6 +713,9 @@ class Scorer:
         # The learning state in flat lists while the model learns (`_Flat`): the pipeline is
         # stale until `_flush`, which everything that reads the pipeline calls first.
         self._flat: _Flat | None = None
+        # What the learner knows of the population (evidence per cohort, gaps): counts over
+        # the learned examples, so they follow from the same history as the weights.
+        self._population = Population()
 
     @property
     def config(self) -> ModelConfig:
@@ -676,6 +730,25 @@ class Scorer:
         Resolved labels learned so far.
         """
         return self._n_labels
+
+    def evidence(self, x: Mapping[str, float]) -> int:
+        """
+        Labels learned from customers like `x` (its cohort of event count and tenure): what
+        the model's weight in the blend grows with (`model_weight`).
+        """
+        return self._population.evidence(x)
+
+    def horizon_days(self, floor_days: float) -> float:
+        """
+        The label horizon learned from the gaps between activities in the examples so far
+        (`Population.horizon_days`), at least `floor_days`.
+        """
+        return self._population.horizon_days(floor_days)
+
+    @property
+    def population(self) -> Population:
+        """The population counts (read-only by convention: the learner owns them)."""
+        return self._population
 
     @property
     def version(self) -> str:
@@ -790,7 +863,7 @@ class Scorer:
         if (
             not scaler.with_std
             or scaler.window_size is not None
-            or type(model.optimizer) is not optim.SGD
+            or type(model.optimizer) not in (optim.SGD, optim.AdaGrad)
             or type(model.optimizer.lr) is not optim.schedulers.Constant
             or type(model.intercept_lr) is not optim.schedulers.Constant
             or type(model.loss) is not optim.losses.Log
@@ -807,6 +880,7 @@ class Scorer:
             x: the features of the snapshot the label belongs to; `x` is not changed.
             churned: True when the customer churned within the label horizon.
         """
+        self._population.observe(x)
         if self._learn_flat(x, churned, predict=False) is None:
             self._learn_prepared(x, None, churned)
 
@@ -861,6 +935,7 @@ class Scorer:
         Returns:
             The prediction made before learning.
         """
+        self._population.observe(x)
         p_flat = self._learn_flat(x, churned, predict=True)
         if p_flat is not None:
             return p_flat
@@ -978,6 +1053,7 @@ class Scorer:
             "n_labels": self._n_labels,
             "names": self._names,
             "digest": self._digest,
+            "population": self._population.to_state(),
         }
         # Pickle shares an object only where the source shares it (e.g. River names a pipeline
         # step after its class, so one string object appears twice), and an unpickled copy
@@ -1044,6 +1120,7 @@ class Scorer:
             scorer._compiled = None
             scorer._version = None
             scorer._flat = None
+            scorer._population = Population.from_state(state.get("population"))
         except (
             pickle.UnpicklingError,
             AttributeError,
@@ -1077,6 +1154,7 @@ class Scorer:
         twin._compiled = None
         twin._version = self._version
         twin._flat = None
+        twin._population = self._population.copy()
         return twin
 
     def __repr__(self) -> str:

@@ -384,11 +384,15 @@ class LabelRules(_Model):
     `gap_multiple` k > 0: a training snapshot is positive only when the customer stays silent
     for the longer of H and k times its usual gap between purchases (as the snapshot saw it).
     `silence_checkpoints_days`: the days into a silence at which the sweep re-scores the
-    customer and takes a training snapshot, in place of the engine's (7 and 14 days).
+    customer and takes a training snapshot, in place of the engine's (a ladder of 7, 14, 30,
+    60, 90, 180 and 365 days, with snapshots up to twice the horizon).
+    `horizon_days`: the label horizon H, fixed, in place of the one learned from the stream
+    (the 90th percentile of the gaps between activities, at least the engine's horizon).
     """
 
     gap_multiple: NonNegative = 0.0
     silence_checkpoints_days: SilenceCheckpoints | None = None
+    horizon_days: Positive | None = None
 
 
 class ModelRules(_Model):
@@ -399,10 +403,12 @@ class ModelRules(_Model):
     `prior_input`: the prior's churn probability, as a logit (`PRIOR_INPUT`), is one more input
     of the learned model, so the model starts from the rules' own judgement and learns what to
     add to it. `learning_rate` and `l2`: the SGD step and the L2 penalty of the logistic
-    regression, in place of the engine config's.
+    regression, in place of the engine config's. `optimizer`: `adagrad` (the engine's) or
+    `sgd` (a constant step).
     """
 
     prior_input: Annotated[bool, Strict()] = False
+    optimizer: Literal["adagrad", "sgd"] | None = None
     learning_rate: Positive | None = None
     l2: NonNegative | None = None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -19,6 +19,7 @@ from churnwatch.core.labels import Snapshot
 from churnwatch.core.slots import fast_init
 
 STATE_KEY: Final = "s"
+_DAY: Final = timedelta(days=1)
 FORMAT_VERSION: Final = 1
 
 
@@ -94,6 +95,19 @@ def _anchor_from(data: dict[str, Any] | None) -> Anchor | None:
     return Anchor(at, float(data["score"]), float(data["p"]), _frozen(data["factors"]))
 
 
+def _snapshot_to(snap: Snapshot) -> list[Any]:
+    row: list[Any] = [snap.taken_at.isoformat(), snap.kind, dict(snap.x)]
+    if snap.horizon is not None:
+        row.append(snap.horizon / _DAY)
+    return row
+
+
+def _snapshot_from(row: list[Any]) -> Snapshot:
+    # [taken_at, kind, x] or, with its own horizon (days), [taken_at, kind, x, horizon]
+    horizon = None if len(row) < 4 else timedelta(days=float(row[3]))
+    return Snapshot(_must(_at(row[0])), row[1], _frozen(row[2]), horizon)
+
+
 def to_dict(state: CustomerState) -> dict[str, str]:
     """
     The state as a flat `dict[str, str]`: the features' own fields plus one JSON field `s`.
@@ -109,7 +123,7 @@ def to_dict(state: CustomerState) -> dict[str, str]:
         "segment": state.segment,
         "anchor": _anchor_to(state.anchor),
         "next_anchor": _anchor_to(state.next_anchor),
-        "pending": [[s.taken_at.isoformat(), s.kind, dict(s.x)] for s in state.pending],
+        "pending": [_snapshot_to(s) for s in state.pending],
         "last_sample_at": _ts(state.last_sample_at),
         "rules": {
             name: [rs.armed, _ts(rs.last_fired_at), [h.isoformat() for h in rs.hits]]
@@ -144,9 +158,7 @@ def from_dict(data: Mapping[str, str]) -> CustomerState:
             name: RuleState(bool(armed), _at(fired), tuple(_ts_list(hits)))
             for name, (armed, fired, hits) in rest["rules"].items()
         }
-        pending = tuple(
-            Snapshot(_must(_at(at)), kind, _frozen(x)) for at, kind, x in rest["pending"]
-        )
+        pending = tuple(_snapshot_from(row) for row in rest["pending"])
         return CustomerState(
             customer_id=rest["customer_id"],
             features=features,

@@ -432,9 +432,10 @@ class _Recorder:
             return
         scoring = step.scoring
         if scoring is not None and self.trajectories is not None:
-            self.trajectories.add(
-                step.state.customer_id, scoring.at, scoring.score, scoring.segment
-            )
+            customer_id = step.state.customer_id
+            for earlier in step.caught_up:
+                self.trajectories.add(customer_id, earlier.at, earlier.score, earlier.segment)
+            self.trajectories.add(customer_id, scoring.at, scoring.score, scoring.segment)
         if self.cutoff_at is not None:
             for example in step.examples:
                 if example.resolved_at <= self.cutoff_at:

@@ -5,10 +5,10 @@ The replay records every scoring of every customer (`Trajectories`, fed from `Re
 `on_step`). A score rule's alerts at other thresholds are then recomputed from the recorded
 scores with the core's own lifecycle, `core.alerts.evaluate_score` (hysteresis, cooldown), one
 rule at a time: no replay per threshold. The scores themselves do not depend on the thresholds
-(a rule decides alerts, never the score), so this is exact, with one limit: a scoring made
-inside a catch-up (an event whose customer's silence checkpoints were not swept yet) is not
-reported by the replay's steps, so it is missing from the trajectory. `reproduced` says how
-many of the rule's real alerts the recomputation at the rule's own thresholds gives back.
+(a rule decides alerts, never the score), so this is exact; the scorings made inside a catch-up
+(an event whose customer's silence checkpoints were not swept yet) come with the event's step
+(`StepResult.caught_up`). `reproduced` says how many of the rule's real alerts the
+recomputation at the rule's own thresholds gives back.
 
 For each rule: alert volume, precision, recall and lead time per threshold, overall and per
 segment; and the per-segment thresholds that fit an alert budget (alerts that reach a CSM per
