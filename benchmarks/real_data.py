@@ -24,9 +24,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -34,49 +32,12 @@ from bench_io import RESULTS, machine
 
 from churnwatch.core.engine import Policy
 from churnwatch.core.rules import default_rules
-from churnwatch.replay.backtest import replay_as_of, score_all
+from churnwatch.replay.backtest import regime_note, replay_as_of, score_all
+from churnwatch.replay.cdnow import END, Purchase, events
+from churnwatch.replay.cdnow import purchases as cdnow
 from churnwatch.replay.evaluation import roc_auc
 
-END = datetime(1998, 6, 30, 23, 59, 59, tzinfo=UTC)
 CUTS = ("1997-06-30", "1997-09-30", "1997-12-31")
-
-
-@dataclass(frozen=True, slots=True)
-class Purchase:
-    customer_id: str
-    at: datetime
-    amount: float
-    line: int
-
-
-def cdnow() -> list[Purchase]:
-    """CDNOW's purchases in file order, read from the installed `lifetimes` package."""
-    text = resources.files("lifetimes.datasets").joinpath("CDNOW_master.txt").read_text()
-    out = []
-    for line, row in enumerate(text.splitlines()[1:], 1):
-        customer, day, _cds, dollars = row.split()
-        at = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
-        out.append(Purchase(f"cdnow{customer}", at, float(dollars), line))
-    return out
-
-
-def events(purchases: Sequence[Purchase], until: datetime) -> list[bytes]:
-    """The purchases up to `until` as churnwatch `purchase` events (JSON lines), in time order."""
-    rows = sorted((p for p in purchases if p.at <= until), key=lambda p: (p.at, p.line))
-    return [
-        orjson.dumps(
-            {
-                "event_id": f"cdnow-{p.line}",
-                "type": "purchase",
-                "customer_id": p.customer_id,
-                "ts": p.at.isoformat(),
-                "amount": p.amount,
-                "currency": "USD",
-                "order_id": f"cdnow-o{p.line}",
-            }
-        )
-        for p in rows
-    ]
 
 
 # -- measures -------------------------------------------------------------------------------
@@ -205,6 +166,7 @@ def run_cut(purchases: Sequence[Purchase], cut_day: str) -> dict[str, Any]:
     replay = replay_as_of(lambda: iter(records), policy, cut)
     scores = score_all(replay, cut)
     cpu = time.process_time() - started
+    note = regime_note(replay, cut)
 
     by_customer = rfm(purchases, cut)
     customers = [s.customer_id for s in scores]
@@ -216,6 +178,25 @@ def run_cut(purchases: Sequence[Purchase], cut_day: str) -> dict[str, Any]:
     bg = bgnbd(feats, horizon_days)
     batch = batch_rfm_logreg(feats, labels)
     model = replay.model_for(cut)
+    # Calibration is judged on the event churnwatch states: no activity within its own label
+    # horizon H from the cut (the ranking above is judged on "none until the end of the data").
+    stated = model.horizon_days(policy.plan.horizon_floor_days)
+    until = cut + timedelta(days=stated)
+    within = {p.customer_id for p in purchases if cut < p.at <= until}
+    stated_labels = [c not in within for c in customers]
+    calibration = {
+        "horizon_days": stated,
+        "churn_rate": round(sum(stated_labels) / len(stated_labels), 4),
+        "brier": {
+            "churnwatch": round(brier(stated_labels, online), 4),
+            "prior": round(brier(stated_labels, prior), 4),
+            "bgnbd": round(brier(stated_labels, bgnbd(feats, stated)), 4),
+            "batch_rfm_logreg": round(
+                brier(stated_labels, batch_rfm_logreg(feats, stated_labels)), 4
+            ),
+        },
+        "churnwatch_reliability": reliability(stated_labels, online),
+    }
     result: dict[str, Any] = {
         "cut": cut_day,
         "horizon_days": round(horizon_days),
@@ -223,9 +204,10 @@ def run_cut(purchases: Sequence[Purchase], cut_day: str) -> dict[str, Any]:
         "churn_rate": round(sum(labels) / len(labels), 4),
         "events": len(records),
         "model_labels": model.n_labels,
+        "regime": note,
         "replay_cpu_seconds": round(cpu, 1),
         "churnwatch": measure(labels, online, online),
-        "churnwatch_reliability": reliability(labels, online),
+        "calibration": calibration,
         "recency": measure(labels, recency, None),
         "prior": measure(labels, prior, prior),
         "bgnbd": measure(labels, bg, bg),
@@ -263,14 +245,21 @@ def markdown(command: str, result: dict[str, Any]) -> str:
         ]
         for name in ("churnwatch", *BASELINES):
             row = cut[name]
-            lines.append(
-                f"| {name} | " + " | ".join(str(row.get(m, "")) for m in MEASURES) + " |"
-            )
-        lines += ["", "Reliability of churnwatch's probability (deciles):", ""]
-        lines += ["| predicted | observed | n |", "| --- | --- | --- |"]
+            lines.append(f"| {name} | " + " | ".join(str(row.get(m, "")) for m in MEASURES) + " |")
+        cal = cut["calibration"]
+        lines += [
+            "",
+            f"Calibration on the event churnwatch states (no purchase within its learned horizon "
+            f"of {cal['horizon_days']:g} days from the cut; {cal['churn_rate']:.0%} churn): Brier "
+            + ", ".join(f"{name} {value}" for name, value in cal["brier"].items())
+            + ". Reliability of churnwatch's probability (deciles):",
+            "",
+            "| predicted | observed | n |",
+            "| --- | --- | --- |",
+        ]
         lines += [
             f"| {r['predicted']} | {r['observed']} | {r['n']} |"
-            for r in cut["churnwatch_reliability"]
+            for r in cal["churnwatch_reliability"]
         ]
         for note in cut.get("notes", ()):
             lines += ["", f"Note: {note}"]
@@ -299,6 +288,9 @@ def main() -> None:
             {name: row[name]["precision_top_10pct"] for name in ("churnwatch", *BASELINES)},
             "labels",
             row["model_labels"],
+            "stated",
+            row["calibration"]["horizon_days"],
+            row["calibration"]["brier"],
             flush=True,
         )
     command = ".venv/bin/python benchmarks/real_data.py"

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from churnwatch.core.engine import EngineConfig, Policy
 from churnwatch.core.errors import ChurnwatchError
-from churnwatch.core.rules import default_rules, load_rules, parse_rules
+from churnwatch.core.rules import default_rules, parse_rules
 from churnwatch.replay import backtest as bt
 from churnwatch.replay.baselines import (
     average_precision_of,
@@ -493,23 +493,24 @@ def test_as_of_accepts_a_date_and_refuses_a_naive_time() -> None:
         bt.parse_as_of("2026-03-01T10:00:00")
 
 
-_NO_LOGINS = "The history has no logins and the rules file has no `labels` section"
-
-
-def test_a_history_without_logins_gets_a_note_on_labels_unless_the_rules_set_them(
+def test_a_backtest_says_which_history_it_saw_and_which_horizon_it_used(
     source: bt.RecordSource, history: bt.BacktestResult
 ) -> None:
     """
-    A purchase-only history replayed with rules that leave the label at "silent for H" gets a
-    note that points to the `labels` section; with a `labels` section, or with logins in the
-    history, it does not.
+    A purchase-only history is named a shop and a history with logins an app, each once, with
+    the label horizon the model used: learned by default, fixed by a rules file that sets it.
     """
     purchases = [raw for raw in source() if b'"type":"purchase"' in raw]
     plain = bt.run_backtest(lambda: purchases, POLICY)
-    notes = [note for note in plain.notes if note.startswith(_NO_LOGINS)]
+    notes = [note for note in plain.notes if note.startswith("History:")]
     assert 1 == len(notes), plain.notes
-    assert "30 days" in notes[0]
-    assert "rules/examples/ecommerce.yaml" in notes[0]
-    shop = Policy.build(load_rules(ROOT / "rules/examples/ecommerce.yaml"), EngineConfig())
-    assert not [n for n in bt.run_backtest(lambda: purchases, shop).notes if _NO_LOGINS in n]
-    assert not [n for n in history.notes if _NO_LOGINS in n]
+    assert "purchases without logins (a shop)" in notes[0]
+    assert "label horizon 30 days (too few gaps" in notes[0]  # 177 customers: too few to learn
+    app = [note for note in history.notes if note.startswith("History:")]
+    assert 1 == len(app), history.notes
+    assert "logins (an app or a subscription)" in app[0]
+    text = (ROOT / "rules/examples/ecommerce.yaml").read_text()
+    fixed = Policy.build(parse_rules(text.replace("labels:\n", "labels:\n  horizon_days: 45\n")))
+    fixed_notes = bt.run_backtest(lambda: purchases, fixed).notes
+    (note,) = [n for n in fixed_notes if n.startswith("History")]
+    assert "label horizon 45 days, fixed" in note

@@ -7,11 +7,11 @@ positive when the horizon passes in silence or an explicit cancellation arrives.
 only features computed up to `s`, so an example never sees its own future.
 
 The horizon of a snapshot is the label horizon H in force when it was taken (`Snapshot.horizon`:
-learned from the stream, so it can differ between snapshots; None for the caller's H). With a `gap_multiple` k > 0 (the rules
-file's `labels` section) a snapshot asks instead "will the silence this customer is in last
-max(H, k x its usual gap between purchases) in all?", the gap and the silence so far read from
-the snapshot's own features: for a shopper who buys every few weeks, "silent for H" measures
-how often it buys, not whether it left.
+learned from the stream, so it can differ between snapshots; None for the caller's H). With a
+`gap_multiple` k > 0 (the rules file's `labels` section) a snapshot asks instead "will the
+silence this customer is in last max(H, k x its usual gap between purchases) in all?", the gap
+and the silence so far read from the snapshot's own features: for a shopper who buys every few
+weeks, "silent for H" measures how often it buys, not whether it left.
 """
 
 from __future__ import annotations

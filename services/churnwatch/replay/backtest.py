@@ -47,7 +47,7 @@ from churnwatch.core.errors import BadEventError, ChurnwatchError
 from churnwatch.core.events import format_ts, parse_event
 from churnwatch.core.features import FEATURE_NAMES
 from churnwatch.core.feedback import FeedbackTally, RuleFeedback, VerdictRecord
-from churnwatch.core.model import model_weight
+from churnwatch.core.model import Scorer, model_weight
 from churnwatch.core.partitioning import partition_of
 from churnwatch.core.state import CustomerState
 from churnwatch.replay.baselines import BatchOutcome, RankingMeasures, fit_batch, measure, prepare
@@ -326,6 +326,46 @@ def replay_as_of(
             progress(i)
     replay.finish(until=as_of)
     return replay
+
+
+def regime_note(replay: Replay, at: datetime) -> str:
+    """
+    One sentence: what kind of history the replay saw (logins or purchases alone) and the label
+    horizon the model used at `at` (fixed, or learned from the gaps between activities).
+    """
+    states = replay.states.values()
+    customers = len(replay.states)
+    logins = sum(1 for s in states if s.features.last_login_day is not None)
+    buyers = sum(1 for s in states if s.features.last_purchase_day is not None)
+    if customers == 0:
+        kind = "no customers"
+    elif logins == 0 and buyers:
+        kind = f"purchases without logins (a shop): {buyers:,} of {customers:,} customers bought"
+    elif 2 * logins >= customers:
+        kind = f"logins (an app or a subscription): {logins:,} of {customers:,} customers log in"
+    else:
+        kind = f"mostly purchases: {logins:,} of {customers:,} customers log in"
+    plan = replay.policy.plan
+    model = replay.model_for(at)
+    if plan.fixed_horizon is not None:
+        days = plan.fixed_horizon / timedelta(days=1)
+        horizon = f"label horizon {days:g} days, fixed by the settings or the rules file"
+    else:
+        days = model.horizon_days(plan.horizon_floor_days)
+        population = model.population if isinstance(model, Scorer) else None
+        median = None if population is None else population.gap_quantile(0.5)
+        if population is None or median is None:
+            horizon = (
+                f"label horizon {days:g} days (too few gaps between activities yet to learn "
+                "it from)"
+            )
+        else:
+            horizon = (
+                f"label horizon {days:g} days, learned from {population.gaps:,} gaps between "
+                f"activities (median {median:.1f} days; the horizon is their 90th percentile, "
+                f"at least {plan.horizon_floor_days:g} days)"
+            )
+    return f"History: {kind}; {horizon}."
 
 
 def score_all(replay: Replay, at: datetime) -> list[CustomerScore]:
@@ -932,15 +972,7 @@ def run_backtest(
             "churned in its last "
             f"{horizon / timedelta(days=1):g} days count as staying."
         )
-    if not scan.logins and policy.rules.labels is None:
-        notes.append(
-            "The history has no logins and the rules file has no `labels` section: a "
-            "customer counts as churned after any "
-            f"{horizon / timedelta(days=1):g} days without a purchase, a ticket or a return, "
-            "so a shopper who buys every few weeks teaches the model churn between purchases. "
-            "A `labels` section (gap_multiple) measures the silence against each customer's "
-            "own purchase gap: see rules/examples/ecommerce.yaml."
-        )
+    notes.append(regime_note(cut, at))
     truths = truths_for(labels, main.states)
     unlabelled = sum(1 for c in main.states if c not in labels.churned)
     if unlabelled:

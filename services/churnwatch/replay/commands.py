@@ -201,6 +201,7 @@ def score(
     from churnwatch.replay.backtest import (
         file_source,
         parse_as_of,
+        regime_note,
         replay_as_of,
         score_all,
         write_scores,
@@ -214,6 +215,7 @@ def score(
         )
     except ChurnwatchError as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo(regime_note(replay, at))
     scores = score_all(replay, at)
     with out.open("w", encoding="utf-8", newline="") as handle:
         write_scores(handle, scores)
