@@ -28,7 +28,18 @@ class CoreSettings(BaseSettings):
     rules_file: Path | None = Field(
         default=None, description="YAML rules file; the packaged default when unset."
     )
-    horizon_days: float = Field(default=30.0, gt=0, description="Label horizon H in days.")
+    horizon_days: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Label horizon H in days: the least the learned horizon can be, or H itself with "
+            "learn_horizon false."
+        ),
+    )
+    learn_horizon: bool = Field(
+        default=True,
+        description="Learn H from the gaps between activities (their 90th percentile).",
+    )
     lateness_seconds: float = Field(default=3600.0, ge=0, description="Allowed lateness.")
     max_future_seconds: float = Field(
         default=7 * 86400.0, gt=0, description="Reject events this far past the latest event time."
@@ -44,6 +55,7 @@ class CoreSettings(BaseSettings):
     def to_engine_config(self) -> EngineConfig:
         return EngineConfig(
             horizon=timedelta(days=self.horizon_days),
+            learn_horizon=self.learn_horizon,
             lateness=timedelta(seconds=self.lateness_seconds),
             max_future=timedelta(seconds=self.max_future_seconds),
             max_event_bytes=self.max_event_bytes,
