@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.console import Console
 from churnwatch.core.engine import Policy
 from churnwatch.core.errors import ConfigError
 from churnwatch.settings import CoreSettings
+
+if TYPE_CHECKING:
+    from churnwatch.sim.population import Regime
 
 
 def _policy(settings: CoreSettings) -> Policy:
@@ -140,6 +144,14 @@ def demo(
     show_default=True,
     help="Events may be emitted up to this many minutes late.",
 )
+@click.option(
+    "--regime",
+    # sim.population.REGIMES, spelled out: importing the simulator here would load numpy
+    type=click.Choice(["subscription", "shop", "b2b"]),
+    default="subscription",
+    show_default=True,
+    help="The kind of business: a subscription product, a purchase-only shop, or B2B accounts.",
+)
 def simulate(
     customers: int,
     days: int,
@@ -149,6 +161,7 @@ def simulate(
     malformed_rate: float,
     duplicate_rate: float,
     disorder_minutes: float,
+    regime: Regime,
 ) -> None:
     """Write a simulated history (events.jsonl, labels.csv), or publish it with --to-kafka."""
     from datetime import timedelta
@@ -166,6 +179,7 @@ def simulate(
         malformed_rate=malformed_rate,
         duplicate_rate=duplicate_rate,
         disorder=timedelta(minutes=disorder_minutes),
+        regime=regime,
     )
     if out_dir is not None:
         with progress_counter(Console(stderr=True), "simulating") as update:

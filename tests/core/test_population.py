@@ -17,6 +17,9 @@ from churnwatch.core.labels import Snapshot, resolve_on_activity, resolve_on_sil
 from churnwatch.core.model import Scorer
 from churnwatch.core.population import MAX_HORIZON_DAYS, MIN_GAPS, Population, cohort_of
 from churnwatch.core.rules import LabelRules, default_rules
+from churnwatch.replay.backtest import regime_note, replay_as_of
+from churnwatch.sim import Regime
+from churnwatch.sim.simulator import SimConfig, Simulation
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -221,3 +224,35 @@ def test_a_snapshot_takes_the_horizon_in_force_unless_the_rules_fix_it() -> None
     assert timedelta(days=12) == _first_login(_Model(0), Policy.build(rules))[2].horizon
     fixed = Policy.build(default_rules(), EngineConfig(learn_horizon=False))
     assert timedelta(days=30) == _first_login(_Model(0), fixed)[2].horizon
+
+
+@pytest.mark.parametrize(
+    ("regime", "customers", "days", "kind", "learned"),
+    [
+        ("shop", 1000, 365, "purchases without logins (a shop)", True),
+        ("subscription", 500, 120, "logins (an app or a subscription)", False),
+        ("b2b", 30, 120, "logins (an app or a subscription)", False),
+    ],
+)
+def test_each_regime_gets_a_horizon_that_fits_its_rhythm(
+    regime: Regime, customers: int, days: int, kind: str, *, learned: bool
+) -> None:
+    """
+    With the default rules, a simulated shop (customers buy once or twice a year) learns a
+    label horizon longer than 30 days; a daily app and a B2B product with heavy accounts keep
+    the 30-day floor; the replay names each kind of history.
+    """
+    sim = Simulation(SimConfig(customers=customers, days=days, seed=7, regime=regime))
+    records = list(sim.records())
+    end = T0 + timedelta(days=days)
+    replay = replay_as_of(lambda: records, Policy.build(default_rules()), end)
+    model = replay.model_for(end)
+    horizon = model.horizon_days(30.0)
+    note = regime_note(replay, end)
+    assert kind in note
+    if learned:
+        assert 45.0 <= horizon <= 365.0, note
+    else:
+        assert 30.0 == horizon, note
+        assert isinstance(model, Scorer)
+        assert model.population.gaps >= MIN_GAPS

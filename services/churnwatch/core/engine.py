@@ -282,9 +282,10 @@ def score_at(
 
     Returns:
         The feature vector (the model's inputs: with the rules file's `model.prior_input`,
-        the prior's logit besides the features) and the scoring. Customers still onboarding
-        (rules file, `onboarding`) are scored by the onboarding profile alone: cold start is
-        explicit.
+        the prior's logit besides the features) and the scoring. The prior is the onboarding
+        profile for customers the rules call onboarding (rules file, `onboarding`), the points
+        otherwise; the model's weight in the blend grows with the labels it learned from the
+        customer's cohort (`ModelView.evidence`): cold start by evidence.
     """
     x, scoring, _ = _score(features, at, model, policy, explained=False)
     return x, scoring

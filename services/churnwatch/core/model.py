@@ -1166,7 +1166,8 @@ def model_weight(n_labels: int, config: ModelConfig) -> float:
     The weight of the learned model in `blend` after `n_labels` resolved labels.
 
     Args:
-        n_labels: resolved labels learned so far.
+        n_labels: resolved labels learned so far (the engine passes those of the customer's
+            cohort, `Scorer.evidence`).
         config: `min_labels` and `prior_weight_half_life`.
 
     Returns:

@@ -8,6 +8,8 @@ on. How it works:
   ticket rates, and a *story* that scripts the level their latent health is pulled toward.
   About 18% join during the period (no history before their first event: cold start), 15% never
   log in (purchase-only), and about 22% churn within 180 days (starter most, enterprise least).
+  That is the default regime, `subscription`; `SimConfig.regime` picks another kind of business
+  (see "Regimes" below).
 - Day by day, vectorized across customers: health (0 = the customer's normal) mean-reverts
   toward the story's level, with noise, and is hit by bad experiences (urgent or high tickets
   left unresolved, returns, low csat). The daily churn hazard is
@@ -20,15 +22,40 @@ on. How it works:
 - A customer who churns on day d emits nothing from day d on, except an explicit `cancel` event on
   day d for some of them. `churn_at` is its last event (the cancel, when there is one): that is
   churnwatch's label definition (silent for the horizon H = 30 days, or cancelled).
-- A customer who is still a customer is never silent for 30 days: after 18 to 27 quiet days
-  (per customer) it shows up again (a login, or a purchase for purchase-only customers). So the
-  truth agrees with churnwatch's label definition, except at the end: customers who churn in the
-  last 30 days of the simulation are `churned` in the truth although the events alone cannot
-  show it yet; score them with that in mind (or only count `churn_at` before the end minus H).
+- A customer who is still a customer is never silent for 30 days (except in a `shop`, below):
+  after 18 to 27 quiet days (per customer) it shows up again (a login, or a purchase for
+  purchase-only customers). So the truth agrees with churnwatch's label definition, except at
+  the end: customers who churn in the last 30 days of the simulation are `churned` in the truth
+  although the events alone cannot show it yet; score them with that in mind (or only count
+  `churn_at` before the end minus H).
 - A churner has at least one event in the simulation (churn waits for a customer's first event);
   every customer appears in the events.
 - Scheduled follow-ups (ticket updates, returns) of a customer who churned are dropped, so a
   churner may leave a ticket open.
+
+Regimes (`SimConfig.regime`; the numbers are for 3,000 customers over 365 days, seed 7):
+
+- `subscription` (the default): as above; about 63 events per customer a year, a purchase
+  every two to three weeks (median gap 13 days), 24% churn in the year, 31% of churners cancel.
+- `shop`: purchase-only. No logins, ever; about 4 events per customer a year (70% purchases,
+  returns for about one order in eight, a ticket now and then in the two weeks after an
+  order). Most customers buy once or twice in a year (71% at most twice, 48% once); a minority
+  buys every few weeks to months (median gap between a customer's purchases 30 days, 10% under
+  8 days, 10% over 116: the next order only becomes likely over the two weeks after one). New
+  customers (40%) join with their first purchase; every other customer buys at least once in
+  the first `min(days, 365)` days, so every customer still appears in the events. About 25%
+  churn in a year; churners simply stop buying (no cancels). A shop customer who is still a
+  customer may be silent for months, so here the 30-day label and the truth disagree for many
+  customers: that is the point of the regime (a shop needs another horizon, or rules like
+  rules/examples/ecommerce.yaml that judge the gap against the customer's own rhythm).
+- `b2b`: few, heavy accounts (choose a few hundred: each one is a few thousand events a year).
+  About 2,200 events per account a year: several logins a day from its users on weekdays
+  (office hours, hardly any at weekends), a ticket every two weeks or so, and an invoice (a
+  `purchase` worth the account's users times a per-user price for the period: a median of
+  about 600 EUR, over 2,500 for one in ten) every month (65%) or quarter (35%), on the same
+  day of the month (gaps of 28 to 31 or 87 to 92 days); the invoice shrinks as health falls
+  (users leave). Churn is rarer (about 10% a year) and slower (fades over four to ten months,
+  service failures); about half the churners cancel.
 
 Order and ids: records come out day by day, sorted by `ts` (ties by customer, type, reference);
 with `disorder` a quarter of the events are emitted up to that much later than their `ts` order
@@ -54,6 +81,7 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+from numpy.typing import NDArray
 
 from churnwatch.core.errors import ChurnwatchError, ConfigError
 from churnwatch.core.events import format_ts
@@ -63,11 +91,14 @@ from churnwatch.sim.population import (
     I8,
     I64,
     LOYAL,
+    NEVER,
+    REGIMES,
     SEGMENTS,
     STORIES,
     Bools,
     Ints,
     Population,
+    Regime,
     draw_population,
 )
 from churnwatch.sim.wire import (
@@ -100,6 +131,17 @@ _HOUR_WEIGHTS: Final = np.array(
     ]
 )
 _HOUR_CUM: Final = np.cumsum(_HOUR_WEIGHTS) / _HOUR_WEIGHTS.sum()
+_OFFICE_HOUR_WEIGHTS: Final = np.array(
+    [
+        *(0.05, 0.03, 0.02, 0.02, 0.03, 0.1, 0.4, 1.2, 2.2, 2.6, 2.6, 2.3),
+        *(1.8, 2.2, 2.4, 2.3, 2.0, 1.5, 0.9, 0.6, 0.4, 0.3, 0.2, 0.1),
+    ]
+)
+_OFFICE_HOUR_CUM: Final = np.cumsum(_OFFICE_HOUR_WEIGHTS) / _OFFICE_HOUR_WEIGHTS.sum()
+_ORDER_TICKET_DAYS: Final = 14
+"""`shop`: tickets come in the days after an order (where is it, it arrived broken)."""
+_REORDER_DAYS: Final = 14.0
+"""`shop`: the days over which the chance of the next order builds up after one."""
 _SEVERITY_P: Final = np.array([[0.30, 0.45, 0.18, 0.07], [0.15, 0.40, 0.30, 0.15]])
 _RESOLVE_DAYS: Final = np.array([2.0, 1.2, 0.6, 0.3])  # median, by severity
 _NEGLECT_P: Final = np.array([0.04, 0.04, 0.12, 0.12])  # left unresolved for a week or more
@@ -126,6 +168,8 @@ class SimConfig:
     """Share of valid events emitted twice (same bytes, right after: a redelivery)."""
     disorder: timedelta = timedelta(0)
     """Some events are emitted up to this much later than their `ts` order; 0 = in order."""
+    regime: Regime = "subscription"
+    """The kind of business: `subscription`, `shop` or `b2b` (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -145,6 +189,9 @@ class SimConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {rate}")
         if self.disorder < timedelta(0):
             raise ConfigError(f"disorder must not be negative, got {self.disorder}")
+        if self.regime not in REGIMES:
+            msg = f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +298,47 @@ def _batch(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Billing:
+    """
+    `b2b`: when each account is invoiced. The first invoice falls on the anchor day (an account's
+    join day, or a day before the start), the next ones on the anchor's day of the month (at most
+    the 28th, which every month has) every `months` months (1 or 3).
+    """
+
+    start_day: np.datetime64
+    anchor: I64
+    months: I64
+    day_of_month: I64
+    month: I64
+    """The anchor's month, counted from January 1970."""
+
+    @staticmethod
+    def of(anchor: I64, months: I64, start_day: np.datetime64) -> _Billing:
+        day_of_month, month = _calendar(start_day + anchor.astype("timedelta64[D]"))
+        return _Billing(start_day, anchor, months, np.minimum(day_of_month, 28), month)
+
+    def due(self, d: int) -> Bools:
+        """
+        Who is invoiced on day `d`, if still a customer.
+        """
+        day_of_month, month = _calendar(self.start_day + np.array([d], dtype="timedelta64[D]"))
+        apart = int(month[0]) - self.month
+        periodic = (self.day_of_month == int(day_of_month[0])) & (apart % self.months == 0)
+        due: Bools = (self.anchor == d) | ((self.anchor < d) & (apart > 0) & periodic)
+        return due
+
+
+def _calendar(dates: NDArray[np.datetime64]) -> tuple[I64, I64]:
+    """
+    The day of the month (1 to 31) and the month (counted from January 1970) of each date.
+    """
+    month = dates.astype("datetime64[M]")
+    day_of_month: I64 = (dates - month.astype("datetime64[D]")).astype(np.int64) + 1
+    months: I64 = month.astype(np.int64)
+    return day_of_month, months
+
+
 def _sigmoid(x: F64) -> F64:
     result: F64 = 1.0 / (1.0 + np.exp(-x))
     return result
@@ -267,7 +355,9 @@ class _Run:
         world_seed, wire_seed = np.random.SeedSequence(config.seed).spawn(2)
         self.rng = np.random.default_rng(world_seed)
         self.wire = np.random.default_rng(wire_seed)
-        self.pop: Population = draw_population(self.rng, config.customers, config.days)
+        self.pop: Population = draw_population(
+            self.rng, config.customers, config.days, config.regime
+        )
         n = config.customers
         self.health: F64 = self.pop.target(0) + self.rng.normal(0.0, 0.18, n)
         self.penalty: F64 = np.zeros(n)
@@ -289,12 +379,18 @@ class _Run:
         self.records = 0
         self.duplicates = 0
         self.malformed = 0
+        self.hour_cum = _OFFICE_HOUR_CUM if config.regime == "b2b" else _HOUR_CUM
+        self.last_order_day: I64 = np.full(n, -int(NEVER), dtype=np.int64)
+        self.billing: _Billing | None = None
+        if self.pop.bill_anchor is not None and self.pop.bill_months is not None:
+            start_day = np.datetime64(config.start_at.astimezone(UTC).date(), "D")
+            self.billing = _Billing.of(self.pop.bill_anchor, self.pop.bill_months, start_day)
 
     def times(self, k: int) -> I64:
         """
         `k` times of day (ms), busier in the day than at night.
         """
-        hour = np.searchsorted(_HOUR_CUM, self.rng.random(k), side="right")
+        hour = np.searchsorted(self.hour_cum, self.rng.random(k), side="right")
         result: I64 = np.minimum(hour, 23) * HOUR_MS + self.rng.integers(0, HOUR_MS, k)
         return result
 
@@ -403,20 +499,34 @@ class _Run:
         login_rate = pop.login_rate * 2.0 * _sigmoid(4.0 * health)
         purchase_rate = pop.purchase_rate * 2.0 * _sigmoid(4.0 * health)
         purchase_rate *= np.where(d < pop.boost_until, 3.0, 1.0)
+        if pop.regime == "shop":
+            # Nobody orders again the next day: the next order becomes likely over two weeks
+            # (except in a buying spree), so gaps are weeks to months rather than days.
+            ramp = np.clip((d - self.last_order_day) / _REORDER_DAYS, 0.0, 1.0)
+            purchase_rate *= np.where(d < pop.boost_until, 1.0, ramp)
         if weekend:
             login_rate *= pop.weekend_login
             purchase_rate *= pop.weekend_purchase
         unhappy = np.maximum(0.0, -0.3 - health)
         failing_window = (pop.failure_day >= 0) & (d > pop.failure_day) & (d < pop.failure_day + 14)
-        ticket_rate = pop.ticket_rate * (1.0 + 1.2 * unhappy) + 0.12 * failing_window
+        ticket_rate = pop.ticket_rate * (1.0 + 1.2 * unhappy)
+        if pop.regime == "shop":
+            ticket_rate = ticket_rate * (d - self.last_order_day <= _ORDER_TICKET_DAYS)
+        ticket_rate = ticket_rate + 0.12 * failing_window
         logins = rng.poisson(np.where(act, login_rate, 0.0))
         purchases = rng.poisson(np.where(act, purchase_rate, 0.0))
         tickets = rng.poisson(np.where(act, ticket_rate, 0.0))
+        if self.billing is not None:
+            purchases += act & self.billing.due(d)
         failing_today = act & (pop.failure_day == d)
-        # A customer who is still a customer is never silent for 30 days (see the module doc).
+        # A customer who is still a customer is never silent for 30 days (see the module doc),
+        # except in a shop, which only makes sure that everyone shows up once.
         quiet = (logins + purchases + tickets == 0) & ~failing_today
         first_day = joining & (pop.join_day > 0)
-        forced = act & quiet & (first_day | (d - self.last_day >= pop.gap_limit))
+        due = first_day | (d - self.last_day >= pop.gap_limit)
+        if pop.appear_by is not None:
+            due |= ~self.seen & (d >= pop.appear_by)
+        forced = act & quiet & due
         logs_in = pop.login_rate > 0
         logins += forced & logs_in
         purchases += forced & ~logs_in
@@ -429,7 +539,18 @@ class _Run:
         cust = np.repeat(everyone, purchases)
         k = cust.size
         ts = midnight + self.times(k)
-        amount = np.maximum(np.round(pop.mean_amount[cust] * rng.lognormal(0.0, 0.4, k), 2), 1.0)
+        if self.billing is None:
+            amount = np.maximum(
+                np.round(pop.mean_amount[cust] * rng.lognormal(0.0, 0.4, k), 2), 1.0
+            )
+        else:
+            # An invoice: the months it covers at the account's price, for the users it still
+            # has (fewer as health falls, a few more when it thrives), plus usage.
+            users = 0.5 + _sigmoid(4.0 * health[cust])
+            value = pop.mean_amount[cust] * self.billing.months[cust] * users
+            amount = np.maximum(np.round(value * rng.lognormal(0.0, 0.05, k), 2), 1.0)
+        if pop.regime == "shop":
+            self.last_order_day[cust] = d
         orders = self.orders + np.arange(k, dtype=np.int64)
         self.orders += k
         batches.append(_batch(cust, ts, PURCHASE, ref=orders, amount=amount))
