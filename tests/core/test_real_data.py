@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from churnwatch.cli import main
 from churnwatch.core.engine import Policy
 from churnwatch.core.rules import default_rules
 from churnwatch.replay.backtest import CustomerScore, regime_note, replay_as_of, score_all
@@ -78,3 +81,26 @@ def test_the_history_is_named_a_shop_with_a_learned_horizon(
     assert "learned from" in note
     days = float(note.split("label horizon ")[1].split(" days")[0])
     assert 30.0 < days <= 365.0, note
+
+
+def test_score_says_once_which_history_it_saw_and_its_horizon(tmp_path: Path) -> None:
+    """
+    `churnwatch score` on a purchase-only history (CDNOW's first 2,000 customers to 1997-09-30)
+    prints one line naming a shop and the label horizon it learned, and writes every customer.
+    """
+    history = purchases(2000)
+    cut = datetime(1997, 9, 30, 23, 59, 59, tzinfo=UTC)
+    events_file = tmp_path / "calibration.jsonl"
+    events_file.write_bytes(b"".join(record + b"\n" for record in events(history, cut)))
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(
+        main,
+        ["score", "--events", str(events_file), "--as-of", cut.isoformat(), "--out", str(out)],
+    )
+    assert 0 == result.exit_code, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("History:")]
+    assert 1 == len(lines), result.output
+    assert "purchases without logins (a shop)" in lines[0]
+    assert "learned from" in lines[0]
+    customers = len({p.customer_id for p in history if p.at <= cut})
+    assert customers + 1 == len(out.read_text().splitlines())
