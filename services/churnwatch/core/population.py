@@ -39,17 +39,21 @@ GAP_QUANTILE: Final = 0.9
 MIN_GAPS: Final = 100
 """Below this many observed gaps the horizon is not learned yet (the configured one holds)."""
 MAX_HORIZON_DAYS: Final = 365.0
-_EVENT_EDGES: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
-_TENURE_EDGES: Final = (7.0, 30.0)
 
 
 def cohort_of(x: Mapping[str, float]) -> int:
     """The cohort index of features `x`: events bucket * 6 + tenure bucket."""
+    # the buckets of the module docstring, as comparisons: this runs at every scoring
     events = x.get("event_count", 0.0)
     tenure = x.get("tenure_days", 0.0)
-    e = sum(1 for edge in _EVENT_EDGES if events > edge)
-    t = sum(1 for edge in _TENURE_EDGES if tenure >= edge)
-    return e * (len(_TENURE_EDGES) + 1) + t
+    if events <= 2.0:
+        e = 0 if events <= 1.0 else 1
+    elif events <= 8.0:
+        e = 2 if events <= 4.0 else 3
+    else:
+        e = 4 if events <= 16.0 else 5
+    t = 0 if tenure < 7.0 else (1 if tenure < 30.0 else 2)
+    return e * 3 + t
 
 
 def _bucket(days: float) -> int:
