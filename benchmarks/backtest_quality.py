@@ -38,7 +38,7 @@ the evidence per cohort and learns with AdaGrad (see benchmarks/results/real_dat
 At 20,000 customers: full history 0.8374 online (batch 0.8197, prior 0.7976, recency 0.7244);
 purchases only with ecommerce.yaml (its measured SGD) 0.7178 (0.7096 / 0.7135 / 0.7062). Purchases
 only with the default rules ranks at 0.6088, below recency (0.7062): the ranking here counts as
-lost who churns within the evaluation's 30 days, while the default learns a horizon of months
+lost who churns within the evaluation's 30 days, while the default learns a longer horizon
 from these shoppers' gaps and ranks "silent that long", and the default prior reads logins. The
 paragraphs below describe the engine before that change.
 
