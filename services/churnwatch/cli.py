@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from churnwatch.core.engine import Policy
-from churnwatch.core.errors import ConfigError
+from churnwatch.core.errors import BadEventError, ChurnwatchError, ConfigError
 from churnwatch.settings import CoreSettings
 
 if TYPE_CHECKING:
@@ -27,7 +27,28 @@ def _policy(settings: CoreSettings) -> Policy:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group()
+class InputError(click.ClickException):
+    """A value given to a command was wrong: one line on stderr, exit code 2 (as for usage)."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """
+    The `churnwatch` group: an error of ours that reaches it is one line, never a traceback
+    (exit code 2 for wrong input, settings or rules; 1 for the rest, such as Redis away).
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, BadEventError) as exc:
+            raise InputError(str(exc)) from exc
+        except ChurnwatchError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="churnwatch")
 def main() -> None:
     """churnwatch: who is slipping, why, and early enough to act."""
@@ -223,7 +244,7 @@ def simulate(
 @click.option(
     "--partitions",
     default=None,
-    type=int,
+    type=click.IntRange(min=1),
     help="Mirror this many topic partitions (one watermark each).",
 )
 def replay(

@@ -75,10 +75,17 @@ def _policy(rules_file: Path | None) -> tuple[Policy, CoreSettings, str, str]:
     default=None,
     help="Cut-off T of the ranking (ISO 8601); default: the horizon before the end.",
 )
-@click.option("--csms", default=10, show_default=True, help="CSMs who take the alerts.")
+@click.option(
+    "--csms",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="CSMs who take the alerts.",
+)
 @click.option(
     "--alerts-per-csm",
     default=25.0,
+    type=click.FloatRange(min=0.0, min_open=True),
     show_default=True,
     help="Alerts one CSM can take a week (the sweep's budget is CSMs x this).",
 )
@@ -98,7 +105,12 @@ def _policy(rules_file: Path | None) -> tuple[Policy, CoreSettings, str, str]:
     help="CSMs' verdicts on production alerts (`churnwatch feedback --export FILE`): the "
     "report gives the false-alarm rate per rule.",
 )
-@click.option("--partitions", default=None, type=int, help="Mirror this many topic partitions.")
+@click.option(
+    "--partitions",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Mirror this many topic partitions.",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def backtest(
     events: Path,
@@ -193,7 +205,12 @@ def backtest(
     default=None,
     help="Rules file (default: the packaged rules/default.yaml).",
 )
-@click.option("--partitions", default=None, type=int, help="Mirror this many topic partitions.")
+@click.option(
+    "--partitions",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Mirror this many topic partitions.",
+)
 def score(
     events: Path, as_of: str, out: Path, rules_file: Path | None, partitions: int | None
 ) -> None:
