@@ -18,6 +18,7 @@ from churnwatch.core.rules import (
     KNOWN_FEATURES,
     PRIOR_INPUT,
     PointHit,
+    PriorPlan,
     PriorResult,
     RulesFile,
     default_rules,
@@ -572,3 +573,31 @@ def test_prior_logit_is_bounded() -> None:
     """
     expected = [math.log(0.01 / 0.99), 0.0, math.log(0.25 / 0.75), math.log(0.99 / 0.01)]
     assert pytest.approx(expected) == [prior_logit(p) for p in (0.0, 0.5, 0.25, 1.0)]
+
+
+_VALUES = st.one_of(
+    st.floats(min_value=-10.0, max_value=1000.0, allow_nan=False),
+    st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 14.0, 20.0, 21.0, 30.0, 365.0, 0.5, 1.25]),
+    st.just(math.nan),
+)
+
+
+@pytest.mark.parametrize("path", RULES_FILES, ids=lambda p: p.name)
+@given(data=st.data())
+def test_the_priors_three_readings_agree(path: Path, data: st.DataObject) -> None:
+    """
+    `prior_points`, `PriorPlan.evaluate` and `PriorPlan.churn_probability` give the same
+    probability, the same onboarding flag, and factors that are the matched rules' -points/100
+    summed per feature, for any feature values (missing and NaN ones included).
+    """
+    rules = load_rules(path)
+    names = data.draw(st.lists(st.sampled_from(KNOWN_FEATURES), unique=True))
+    x = {name: data.draw(_VALUES) for name in names}
+    plan = PriorPlan.build(rules)
+    result = prior_points(rules, x)
+    p, onboarding, factors = plan.evaluate(x)
+    expected: dict[str, float] = {}
+    for hit in result.hits:
+        expected[hit.feature] = expected.get(hit.feature, 0.0) - hit.points / 100.0
+    assert (result.churn_probability, result.onboarding, expected) == (p, onboarding, factors)
+    assert p == plan.churn_probability(x)

@@ -1050,24 +1050,8 @@ class PriorPlan:
         return (100.0 - score) / 100.0, onboarding, factors
 
     def churn_probability(self, x: Mapping[str, float]) -> float:
-        """`prior_points(rules, x).churn_probability`."""
-        onboarding = (
-            x.get("tenure_days", 0.0) < self.max_tenure_days
-            or x.get("event_count", 0.0) < self.min_events
-        )
-        if onboarding:
-            total, points = self.onboarding_base, self.onboarding_points
-        else:
-            total, points = self.base, self.points
-        get = x.get
-        for feature, above, threshold, value_points, _ in points:
-            value = get(feature)
-            if value is None:
-                continue
-            if value > threshold if above else value < threshold:
-                total += value_points
-        score = min(100.0, max(0.0, total))
-        return (100.0 - score) / 100.0
+        """`prior_points(rules, x).churn_probability`: `evaluate`'s probability."""
+        return self.evaluate(x)[0]
 
     def segment_of(self, ltv: float) -> str:
         """`segment_of(rules, ltv)`."""

@@ -90,8 +90,7 @@ def _anchor_to(anchor: Anchor | None) -> dict[str, Any] | None:
 def _anchor_from(data: dict[str, Any] | None) -> Anchor | None:
     if data is None:
         return None
-    at = _at(data["at"])
-    assert at is not None
+    at = _must(_at(data["at"]))
     return Anchor(at, float(data["score"]), float(data["p"]), _frozen(data["factors"]))
 
 

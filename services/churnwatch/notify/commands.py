@@ -54,8 +54,11 @@ def notify(send_digest: bool, metrics_port: int | None, group_id: str | None) ->
     if send_digest:
         try:
             consumer.start(join=False)
-            assert consumer.deliverer is not None
-            sent = consumer.deliverer.send_due_digests()
+            deliverer = consumer.deliverer
+            if deliverer is None:  # start() builds it; a None here is a bug of ours
+                msg = "notify: the alert consumer started without a deliverer"
+                raise RuntimeError(msg)
+            sent = deliverer.send_due_digests()
         except ChurnwatchError as exc:
             raise click.ClickException(str(exc)) from exc
         finally:

@@ -237,8 +237,11 @@ class Deliverer:
             claim = self.store.claim(delivery_id, action=action, owner=self.owner, now=now)
             if claim.kind != "busy":
                 return claim
-            assert claim.lease_until is not None
-            wait = (claim.lease_until - now).total_seconds()
+            lease_until = claim.lease_until
+            if lease_until is None:  # a busy claim always carries its lease; a bug otherwise
+                msg = f"delivery {delivery_id}: a busy claim without a lease"
+                raise RuntimeError(msg)
+            wait = (lease_until - now).total_seconds()
             log.info("delivery.busy", extra=ctx | {"wait_seconds": round(wait, 3)})
             self.sleep(min(max(wait, 0.0) + 0.05, 1.0))
 
@@ -335,7 +338,9 @@ class Deliverer:
         plan: Plan,
         ctx: dict[str, Any],
     ) -> Outcome:
-        assert plan.day is not None
+        if plan.day is None:  # the caller routes only digest plans here
+            msg = "delivery: a digest entry without its digest day"
+            raise RuntimeError(msg)
         entry = orjson.dumps(
             {
                 "recipient": plan.recipient,

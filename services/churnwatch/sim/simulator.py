@@ -697,8 +697,11 @@ class Simulation:
         if self._truths is None:
             for _ in self._run(emit=False):
                 pass
-        assert self._truths is not None  # set by the pass that just ended
-        return self._truths
+        truths = self._truths
+        if truths is None:  # set by the pass that just ended; None is a bug of ours
+            msg = "simulation: the pass ended without its ground truth"
+            raise RuntimeError(msg)
+        return truths
 
     def summary(self) -> SimSummary:
         """
