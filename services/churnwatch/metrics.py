@@ -89,6 +89,12 @@ class Metrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.states_dead_lettered = Counter(
+            "churnwatch_states_dead_lettered_total",
+            "Customer states in Redis that could not be read: dead-lettered with their bytes; "
+            "the customer starts anew.",
+            registry=r,
+        )
         self.ingest_stalls = Counter(
             "churnwatch_ingest_stalls_total",
             "Ingest topic partitions that stopped delivering before catching up: `bounded` when "

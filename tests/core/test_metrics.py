@@ -26,6 +26,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "churnwatch_records_processed": ("counter", ("topic",)),
     "churnwatch_records_duplicates": ("counter", ("topic",)),
     "churnwatch_records_dead_lettered": ("counter", ("topic", "reason")),
+    "churnwatch_states_dead_lettered": ("counter", ()),
     "churnwatch_ingest_stalls": ("counter", ("topic", "outcome")),
     "churnwatch_batch_seconds": ("histogram", ()),
     "churnwatch_event_seconds": ("histogram", ()),

@@ -256,3 +256,13 @@ def test_each_regime_gets_a_horizon_that_fits_its_rhythm(
         assert 30.0 == horizon, note
         assert isinstance(model, Scorer)
         assert model.population.gaps >= MIN_GAPS
+
+
+@pytest.mark.parametrize("field", ["[1, 2, 3]", '"text"', "7", "null"])
+def test_a_state_field_that_is_not_a_json_object_is_a_value_error(field: str) -> None:
+    """
+    A stored state whose `s` field is JSON but not an object fails as every malformed state
+    does (ValueError naming the field), not with an AttributeError.
+    """
+    with pytest.raises(ValueError, match="is not a JSON object"):
+        st.from_dict({"s": field})

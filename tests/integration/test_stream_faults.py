@@ -7,11 +7,13 @@ and the produce. Every event is applied once and every alert published (duplicat
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import Awaitable, Sequence
 
 import orjson
 import pytest
+import redis
 import test_stream
 from prometheus_client import CollectorRegistry
 from test_stream import (
@@ -248,6 +250,86 @@ def test_records_written_but_not_produced_are_produced_on_the_next_assignment(
             duplicates = metrics.records_duplicates.labels(topics.events)._value.get()
             assert handled + redelivered == duplicates
         finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_stored_state_is_dead_lettered_and_the_batch_goes_on(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """
+    Customers whose state in a real Redis is garbage (a state field that is a JSON list, one
+    that is not JSON, an applied offset that is not a number) are dead-lettered once each with
+    their customer id and bytes, start anew with this batch's events, and the other customers
+    of the batch are applied as usual; no crash.
+    """
+    kafka = KafkaSettings(partitions=PARTITIONS, topic_prefix=redis_prefix + ".")
+    settings = WorkerSettings(
+        kafka=kafka,
+        redis=StoreSettings(url=redis_url, prefix=redis_prefix),
+        model_wait_seconds=0.0,
+    )
+    topics = kafka.topics()
+    policy = settings.to_policy()
+    values = [
+        raw
+        for raw in Simulation(SIM).records()
+        if partition_of(parse_event(raw).customer_id, PARTITIONS) == 0
+    ][:300]
+    customers = list(dict.fromkeys(parse_event(raw).customer_id for raw in values))
+    garbage = {
+        customers[0]: {"s": "[1, 2, 3]"},
+        customers[1]: {"s": "{not json", "f.v": "1"},
+        customers[2]: {"s": "{}", "o:0": "twelve"},
+    }
+    batch = [Record(topics.events, 0, offset, None, value) for offset, value in enumerate(values)]
+
+    async def scenario() -> None:
+        store = RedisStore(settings.redis)
+        await store.start()
+        client = redis.Redis.from_url(redis_url)
+        try:
+            for customer_id, fields in garbage.items():
+                client.hset(store.keys.customer(customer_id), mapping=fields)
+            sink = Sink()
+            metrics = Metrics(CollectorRegistry())
+            worker = ScoringWorker(
+                settings, policy, store=store, sink=sink, metrics=metrics, topics=topics
+            )
+            acked: list[Record] = []
+
+            async def ack(records: Sequence[Record]) -> None:
+                acked.extend(records)
+
+            await worker.handle_batch(0, batch, ack)
+            assert batch == acked
+            letters = [orjson.loads(v) for t, v in sink.sent if t == topics.deadletter]
+            by_customer = {
+                letter["customer_id"]: letter
+                for letter in letters
+                if letter["reason"] == "corrupt_state"
+            }
+            assert set(garbage) == set(by_customer)
+            for customer_id, letter in by_customer.items():
+                assert customer_id in letter["message"]
+                original = orjson.loads(base64.b64decode(letter["original_b64"]))
+                assert set(garbage[customer_id].items()) <= set(
+                    zip(original[::2], original[1::2], strict=True)
+                )
+            assert len(garbage) == metrics.states_dead_lettered._value.get()
+            states = await store.load_states(customers)
+            assert set(customers) == set(states)
+            for customer_id in customers:
+                # distinct events (the simulator redelivers some), cancels not counted
+                events = {
+                    e.event_id
+                    for e in map(parse_event, values)
+                    if e.customer_id == customer_id and e.type != "cancel"
+                }
+                assert len(events) == states[customer_id][0].features.event_count
+        finally:
+            client.close()
             await store.close()
 
     asyncio.run(scenario())

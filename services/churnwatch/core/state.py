@@ -149,6 +149,9 @@ def from_dict(data: Mapping[str, str]) -> CustomerState:
         raise ValueError(msg)
     try:
         rest = orjson.loads(data[STATE_KEY])
+        if not isinstance(rest, dict):
+            msg = f"customer state: field {STATE_KEY!r} is not a JSON object: {_short(rest)}"
+            raise ValueError(msg)
         if rest.get("v") != FORMAT_VERSION:
             msg = f"customer state: format version {rest.get('v')!r}, expected {FORMAT_VERSION}"
             raise ValueError(msg)
@@ -176,7 +179,7 @@ def from_dict(data: Mapping[str, str]) -> CustomerState:
             cancelled_at=_at(rest["cancelled_at"]),
             alerts=int(rest["alerts"]),
         )
-    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError, IndexError, orjson.JSONDecodeError) as exc:
         msg = f"customer state: malformed field {STATE_KEY!r}: {exc!r}"
         raise ValueError(msg) from exc
 
@@ -202,3 +205,8 @@ def risk_change(state: CustomerState) -> float | None:
     if ref is None or state.churn_probability is None:
         return None
     return round(state.churn_probability - ref.churn_probability, 4)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

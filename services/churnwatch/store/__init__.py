@@ -5,6 +5,7 @@ risk sets, the outbox, model checkpoints).
 
 from churnwatch.store.redis_store import (
     BatchWrite,
+    CorruptState,
     HistoryPoint,
     Keys,
     OutboxEntry,
@@ -16,6 +17,7 @@ from churnwatch.store.settings import StoreSettings
 
 __all__ = [
     "BatchWrite",
+    "CorruptState",
     "HistoryPoint",
     "Keys",
     "OutboxEntry",

@@ -327,8 +327,24 @@ def _hash(reply: object) -> dict[bytes, bytes]:
     return cast(dict[bytes, bytes], reply)
 
 
+@dataclass(frozen=True, slots=True)
+class CorruptState:
+    """A customer's stored state that cannot be read: what `load_states` reports, with its bytes."""
+
+    customer_id: str
+    key: str
+    message: str
+    raw: bytes
+    """The hash as read (a JSON list of field names and values)."""
+
+
 def _decode_state(key: str, reply: bytes) -> tuple[CustomerState, dict[int, int]] | None:
-    """A `_READ_STATE` reply as (state, applied offsets by partition); None: no such key."""
+    """
+    A `_READ_STATE` reply as (state, applied offsets by partition); None: no such key.
+
+    Raises:
+        ValueError: the hash is not a customer state; the message says why.
+    """
     flat = orjson.loads(reply)
     if not flat:
         return None
@@ -336,14 +352,14 @@ def _decode_state(key: str, reply: bytes) -> tuple[CustomerState, dict[int, int]
     offsets: dict[int, int] = {}
     for name, value in zip(flat[::2], flat[1::2], strict=True):
         if name.startswith(OFFSET_FIELD):
-            offsets[int(name[len(OFFSET_FIELD) :])] = int(value)
+            try:
+                offsets[int(name[len(OFFSET_FIELD) :])] = int(value)
+            except ValueError:
+                msg = f"applied offset {name!r}: expected an integer, got {value!r}"
+                raise ValueError(msg) from None
         else:
             fields[name] = value
-    try:
-        return from_dict(fields), offsets
-    except ValueError as exc:
-        msg = f"redis store: key {key!r} does not hold a customer state: {exc}"
-        raise ChurnwatchError(msg) from exc
+    return from_dict(fields), offsets
 
 
 class RedisStore:
@@ -536,12 +552,17 @@ class RedisStore:
 
     # -- customers ----------------------------------------------------------------------
     async def load_states(
-        self, customer_ids: Iterable[str]
+        self, customer_ids: Iterable[str], *, corrupt: list[CorruptState] | None = None
     ) -> dict[str, tuple[CustomerState, dict[int, int]]]:
         """
         The states of these customers and their applied offsets by partition, read with one
         pipeline (HGETALL of each, inside a one-line script that returns it as one string);
         customers never written are absent.
+
+        Args:
+            customer_ids: whose states to read.
+            corrupt: where to report states that cannot be read (they are left out, as if
+                never written); without it such a state raises ChurnwatchError.
         """
         ids = list(dict.fromkeys(customer_ids))
         if not ids:
@@ -551,7 +572,14 @@ class RedisStore:
             replies = await self._pipeline(client, [("EVAL", _READ_STATE, 1, k) for k in keys])
         found: dict[str, tuple[CustomerState, dict[int, int]]] = {}
         for cid, key, reply in zip(ids, keys, replies, strict=True):
-            decoded = _decode_state(key, reply)
+            try:
+                decoded = _decode_state(key, reply)
+            except ValueError as exc:
+                if corrupt is None:
+                    msg = f"redis store: key {key!r} does not hold a customer state: {exc}"
+                    raise ChurnwatchError(msg) from exc
+                corrupt.append(CorruptState(cid, key, str(exc), bytes(reply)))
+                continue
             if decoded is not None:
                 found[cid] = decoded
         return found

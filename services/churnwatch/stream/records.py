@@ -29,6 +29,7 @@ def dead_letter(
     original: bytes,
     stage: Stage,
     max_original_bytes: int,
+    customer_id: str | None = None,
 ) -> bytes:
     """
     The value of a dead-letter record: why, where from, and the original bytes (base64).
@@ -37,8 +38,10 @@ def dead_letter(
     `original_truncated` say so.
     """
     kept = original[:max_original_bytes]
+    extra = {} if customer_id is None else {"customer_id": customer_id}
     return orjson.dumps(
         {
+            **extra,
             "reason": reason,
             "message": message,
             "source": {"topic": topic, "partition": partition, "offset": offset},

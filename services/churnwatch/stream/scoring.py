@@ -30,6 +30,7 @@ alerts equal the replay's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import logging
 import time
@@ -57,6 +58,7 @@ from churnwatch.metrics import Metrics
 from churnwatch.sdk.settings import TopicNames
 from churnwatch.store import (
     BatchWrite,
+    CorruptState,
     HistoryPoint,
     OutboxEntry,
     PartitionMeta,
@@ -241,6 +243,8 @@ class ScoringWorker:
         """Counts partition assignments; a partition's outbox is recovered once per count."""
         self._lateness = policy.config.lateness
         self._epoch = policy.config.model_epoch
+        self._dead_states: set[str] = set()
+        """Entry ids of the unreadable states dead-lettered by this process."""
         metrics.prime_topic(topics.events)
 
     def _part(self, partition: int) -> _Partition:
@@ -403,7 +407,10 @@ class ScoringWorker:
             bound = max(tops) - self._lateness
             candidates = await self.store.due_customers(run.partition, bound, limit=_DUE_LIMIT)
         wanted = dict.fromkeys([*(e.customer_id for e in events), *candidates])
-        loaded = await self.store.load_states(wanted)
+        corrupt: list[CorruptState] = []
+        loaded = await self.store.load_states(wanted, corrupt=corrupt)
+        for bad in corrupt:
+            self._dead_letter_state(run, bad)
         for customer_id, (state, offsets) in loaded.items():
             run.states[customer_id] = state
             applied = offsets.get(run.partition)
@@ -606,6 +613,43 @@ class ScoringWorker:
                 "reason": error.reason,
                 "stage": "scoring",
                 "detail": error.message,
+            },
+        )
+
+    def _dead_letter_state(self, run: _Run, bad: CorruptState) -> None:
+        """
+        A stored state that cannot be read goes to the dead-letter topic with its bytes, once
+        per process (its entry id names the key and the bytes); the customer starts anew (its
+        next write replaces the hash), and the batch goes on.
+        """
+        digest = hashlib.blake2b(bad.raw, digest_size=8).hexdigest()
+        entry_id = f"dl|state|{bad.key}|{digest}"
+        if entry_id in self._dead_states:
+            return
+        self._dead_states.add(entry_id)
+        self.metrics.states_dead_lettered.inc()
+        reason = "corrupt_state"
+        value = dead_letter(
+            reason=reason,
+            message=f"stored state of customer {bad.customer_id!r} ({bad.key}): {bad.message}",
+            topic=self.topics.events,
+            partition=run.partition,
+            offset=-1,
+            original=bad.raw,
+            stage="scoring",
+            max_original_bytes=self.settings.deadletter_max_original_bytes,
+            customer_id=bad.customer_id,
+        )
+        headers = (("reason", reason.encode()),)
+        key = bad.customer_id.encode()
+        run.outbox.append(OutboxEntry(entry_id, self.topics.deadletter, key, value, headers))
+        log.warning(
+            "state.dead_lettered",
+            extra={
+                "customer_id": bad.customer_id,
+                "partition": run.partition,
+                "reason": reason,
+                "detail": bad.message,
             },
         )
 
