@@ -10,6 +10,7 @@ import asyncio
 import base64
 import re
 from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -33,14 +34,16 @@ from test_stream import (
 )
 
 from churnwatch.core.events import parse_event
+from churnwatch.core.labels import Example
 from churnwatch.core.partitioning import partition_of
 from churnwatch.metrics import Metrics
 from churnwatch.sdk.settings import KafkaSettings, TopicNames
 from churnwatch.sim import Simulation
 from churnwatch.store import RedisStore, StoreSettings
-from churnwatch.stream.records import Record
+from churnwatch.stream.learner import Learner
+from churnwatch.stream.records import Record, example_to_json, watermark_to_json
 from churnwatch.stream.scoring import ScoringWorker
-from churnwatch.stream.settings import WorkerSettings
+from churnwatch.stream.settings import LearnerSettings, WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -331,6 +334,59 @@ def test_an_unreadable_stored_state_is_dead_lettered_and_the_batch_goes_on(
         finally:
             client.close()
             await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_training_records_the_learner_cannot_use_go_to_the_dead_letter_topic(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """
+    A churn.training record that is not a training record, and a watermark of a partition that
+    does not exist, are each dead-lettered by the learner with their reason, source and bytes
+    (counted, awaited), and the good records around them are taken.
+    """
+    kafka = KafkaSettings(partitions=PARTITIONS, topic_prefix=redis_prefix + ".")
+    settings = LearnerSettings(kafka=kafka, redis=StoreSettings(url=redis_url, prefix=redis_prefix))
+    topics = kafka.topics()
+    at = datetime(2026, 1, 5, tzinfo=UTC)
+    example = Example("c1", at, at + timedelta(days=30), {"days_since_event": 0.0}, churned=True)
+    values = [
+        example_to_json(example),
+        b"not json",
+        watermark_to_json(PARTITIONS + 3, at),
+        watermark_to_json(0, at),
+    ]
+    batch = [Record(topics.training, 1, 40 + i, b"c1", value) for i, value in enumerate(values)]
+
+    async def scenario() -> None:
+        store = RedisStore(settings.redis)
+        await store.start()
+        sink = Sink()
+        metrics = Metrics(CollectorRegistry())
+        learner = Learner(
+            settings,
+            store=store,
+            metrics=metrics,
+            topic=topics.training,
+            sink=sink,
+            deadletter_topic=topics.deadletter,
+        )
+        try:
+            await learner.handle(batch)
+        finally:
+            await store.close()
+        letters = [orjson.loads(v) for t, v in sink.sent if t == topics.deadletter]
+        assert ["malformed", "bad_partition"] == [letter["reason"] for letter in letters]
+        for letter, offset in zip(letters, (41, 42), strict=True):
+            assert {"topic": topics.training, "partition": 1, "offset": offset} == letter["source"]
+            assert values[offset - 40] == base64.b64decode(letter["original_b64"])
+            assert "learner" == letter["stage"]
+        dead = metrics.records_dead_lettered
+        assert 1 == dead.labels(topics.training, "malformed")._value.get()
+        assert 1 == dead.labels(topics.training, "bad_partition")._value.get()
+        assert 2 == metrics.records_processed.labels(topics.training)._value.get()
+        assert 1 == learner.curriculum.pending()
 
     asyncio.run(scenario())
 

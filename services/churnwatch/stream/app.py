@@ -349,7 +349,12 @@ class LearnerRuntime:
         self.app = build_app(settings, self.group_id)
         self.store = RedisStore(settings.redis)
         self.learner = Learner(
-            settings, store=self.store, metrics=metrics, topic=self.topics.training
+            settings,
+            store=self.store,
+            metrics=metrics,
+            topic=self.topics.training,
+            sink=FaustSink(self.app),
+            deadletter_topic=self.topics.deadletter,
         )
         self._started = False
         self._start_lock = asyncio.Lock()

@@ -30,8 +30,10 @@ from churnwatch.metrics import Metrics
 from churnwatch.store import RedisStore
 from churnwatch.stream.records import (
     Record,
+    Sink,
     TrainingRecordError,
     Watermark,
+    dead_letter,
     parse_training,
 )
 from churnwatch.stream.settings import LearnerSettings
@@ -43,12 +45,21 @@ class Learner:
     """Curriculum, model and checkpoints; `handle` takes batches of churn.training records."""
 
     def __init__(
-        self, settings: LearnerSettings, *, store: RedisStore, metrics: Metrics, topic: str
+        self,
+        settings: LearnerSettings,
+        *,
+        store: RedisStore,
+        metrics: Metrics,
+        topic: str,
+        sink: Sink,
+        deadletter_topic: str,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.topic = topic
+        self.sink = sink
+        self.deadletter_topic = deadletter_topic
         # the policy's config: the engine's, with the rules file's `model` section
         config = settings.to_policy().config
         self.length = config.model_epoch
@@ -81,7 +92,6 @@ class Learner:
             try:
                 item = parse_training(record.value)
             except TrainingRecordError as exc:
-                self.metrics.records_dead_lettered.labels(self.topic, "malformed").inc()
                 log.warning(
                     "training.malformed",
                     extra={
@@ -91,10 +101,10 @@ class Learner:
                         "detail": str(exc),
                     },
                 )
+                await self._dead_letter(record, "malformed", str(exc))
                 continue
             if isinstance(item, Watermark):
                 if not 0 <= item.partition < self.curriculum.partitions:
-                    self.metrics.records_dead_lettered.labels(self.topic, "bad_partition").inc()
                     log.warning(
                         "training.bad_partition",
                         extra={
@@ -105,6 +115,11 @@ class Learner:
                             "partitions": self.curriculum.partitions,
                         },
                     )
+                    msg = (
+                        f"watermark of partition {item.partition}: expected a partition in "
+                        f"[0, {self.curriculum.partitions})"
+                    )
+                    await self._dead_letter(record, "bad_partition", msg)
                     continue
                 self.metrics.records_processed.labels(self.topic).inc()
                 await self._advance(item)
@@ -112,6 +127,33 @@ class Learner:
                 self.metrics.records_processed.labels(self.topic).inc()
             else:
                 self.metrics.records_duplicates.labels(self.topic).inc()
+
+    async def _dead_letter(self, record: Record, reason: str, message: str) -> None:
+        """
+        A training record the learner cannot use goes to the dead-letter topic with its bytes;
+        the delivery is awaited before the next record (a restarted learner, which reads the
+        topic from the beginning, sends it again with the same source topic, partition and
+        offset, by which a reader can recognise it).
+        """
+        value = dead_letter(
+            reason=reason,
+            message=message,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            original=record.value,
+            stage="learner",
+            max_original_bytes=self.settings.deadletter_max_original_bytes,
+        )
+        delivery = await self.sink.send(
+            self.deadletter_topic,
+            record.key,
+            value,
+            partition=None,
+            headers=(("reason", reason.encode()),),
+        )
+        await delivery
+        self.metrics.records_dead_lettered.labels(self.topic, reason).inc()
 
     async def _advance(self, mark: Watermark) -> None:
         log.debug(

@@ -16,7 +16,7 @@ import orjson
 
 from churnwatch.core.labels import Example
 
-Stage = Literal["ingest", "scoring"]
+Stage = Literal["ingest", "scoring", "learner"]
 
 
 def dead_letter(

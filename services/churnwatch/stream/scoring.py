@@ -191,6 +191,9 @@ class _Run:
     states: dict[str, CustomerState] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     due: list[tuple[datetime, str]] = field(default_factory=list)
+    due_of: dict[str, datetime | None] = field(default_factory=dict)
+    """Each loaded or stepped customer's next due time (`next_due_at` of its state, as the
+    step computed it: `StepResult.due_at`)."""
     # The chunk not yet written:
     dirty: dict[str, int | None] = field(default_factory=dict)
     outbox: list[OutboxEntry] = field(default_factory=list)
@@ -420,6 +423,7 @@ class ScoringWorker:
             state_or_none = run.states.get(customer_id)
             if state_or_none is not None:
                 due = next_due_at(state_or_none, self.policy)
+                run.due_of[customer_id] = due
                 if due is not None:
                     run.due.append((due, customer_id))
         heapq.heapify(run.due)
@@ -535,7 +539,7 @@ class ScoringWorker:
         while due and due[0][0] <= until:
             at, customer_id = due[0]
             state = run.states[customer_id]
-            if next_due_at(state, self.policy) != at:
+            if self._due_of(run, customer_id) != at:
                 heapq.heappop(due)  # stale: the customer moved on since it was scheduled
                 continue
             step = await self._step(run, part, self._sweeper(state, until))
@@ -543,6 +547,13 @@ class ScoringWorker:
             self.metrics.sweep_customers.inc()
             self._take(run, step, None)
         run.swept_to = until
+
+    def _due_of(self, run: _Run, customer_id: str) -> datetime | None:
+        """The customer's next due time: the one its last step or load gave."""
+        if customer_id in run.due_of:
+            return run.due_of[customer_id]
+        due = run.due_of[customer_id] = next_due_at(run.states[customer_id], self.policy)
+        return due
 
     def _sweeper(self, state: CustomerState, until: datetime) -> Callable[[int | None], StepResult]:
         def compute(cap: int | None) -> StepResult:
@@ -563,7 +574,8 @@ class ScoringWorker:
             run.dirty[customer_id] = record.offset
         else:
             run.dirty.setdefault(customer_id, None)
-        due = next_due_at(state, self.policy)
+        due = step.due_at  # next_due_at(state), computed once by the step
+        run.due_of[customer_id] = due
         if due is not None:
             heapq.heappush(run.due, (due, customer_id))
         key = customer_id.encode()
@@ -658,7 +670,7 @@ class ScoringWorker:
         if run.dirty or run.outbox or run.records:
             started = time.perf_counter()
             states = [(run.states[cid], offset) for cid, offset in run.dirty.items()]
-            due = {cid: next_due_at(run.states[cid], self.policy) for cid in run.dirty}
+            due = {cid: self._due_of(run, cid) for cid in run.dirty}
             meta = PartitionMeta(run.high_water, run.swept_to, run.last_offset)
             alerts = [
                 StoredAlert(a.customer_id, a.alert_id, a.event_ts, alert_to_json(a))

@@ -47,6 +47,12 @@ class StreamSettings(CoreSettings):
     broker_commit_interval: float = Field(
         default=2.8, gt=0, description="Seconds between commits of the acknowledged offsets."
     )
+    deadletter_max_original_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="Original bytes kept in a dead-letter record; longer ones are cut (the "
+        "record says so).",
+    )
     batch_max_records: int = Field(default=500, ge=1, description="Records per batch at most.")
     batch_within_seconds: float = Field(
         default=0.2, gt=0, description="A batch is handled after this long even if not full."
@@ -136,13 +142,6 @@ class WorkerSettings(StreamSettings):
         "caught up, the merge forwards the other topics' events without waiting for it at "
         "all (a stalled topic delays, never stops, the others; its events may then be "
         "dead-lettered too_late by the scorer).",
-    )
-
-    deadletter_max_original_bytes: int = Field(
-        default=256 * 1024,
-        ge=0,
-        description="Original bytes kept in a dead-letter record; longer ones are cut (the "
-        "record says so).",
     )
 
     @property
