@@ -441,3 +441,28 @@ def test_fast_learning_paths_are_on_with_the_installed_river() -> None:
     from churnwatch.core import model as model_module
 
     assert model_module._fast_learning_agrees()
+
+
+def test_a_checkpoint_of_another_river_is_refused() -> None:
+    """
+    A checkpoint records the River it was written with; one from another River version is
+    refused with a message naming both versions, instead of scoring with it.
+    """
+    import hashlib
+    import pickle
+
+    from churnwatch.core import model as m
+    from churnwatch.core.errors import ModelFormatError
+
+    scorer = m.Scorer()
+    scorer.learn_one({"a": 1.0}, True)
+    data = scorer.to_bytes()
+    header = m._HEADER.size
+    state = pickle.loads(data[header:])
+    assert m.RIVER_VERSION == state["river"]
+    state["river"] = "0.1.0"
+    payload = pickle.dumps(state)
+    forged = m._HEADER.pack(m.MAGIC, m.FORMAT_VERSION, hashlib.sha256(payload).digest()) + payload
+    with pytest.raises(ModelFormatError, match=r"written with river 0\.1\.0"):
+        m.Scorer.from_bytes(forged)
+    assert scorer.version == m.Scorer.from_bytes(data).version

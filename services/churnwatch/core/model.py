@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
+import river
 from river import compose, linear_model, optim, preprocessing, proba
 from river import utils as river_utils
 from river.utils import math as river_math
@@ -92,6 +93,9 @@ _HEADER: Final = struct.Struct(">8sH32s")  # magic, format version, sha256 of th
 _PICKLE_PROTOCOL: Final = 5
 _EPS: Final = 1e-6  # predict_one stays in [_EPS, 1 - _EPS], strictly inside (0, 1)
 _ARF_MODELS: Final = 10
+RIVER_VERSION: Final[str] = river.__version__
+"""The River a checkpoint was written with is part of it: its weights, its arithmetic and its
+pickle layout are River's, so a checkpoint of another River is refused (`Scorer.from_bytes`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1054,6 +1058,7 @@ class Scorer:
             "names": self._names,
             "digest": self._digest,
             "population": self._population.to_state(),
+            "river": RIVER_VERSION,
         }
         # Pickle shares an object only where the source shares it (e.g. River names a pipeline
         # step after its class, so one string object appears twice), and an unpickled copy
@@ -1109,6 +1114,15 @@ class Scorer:
             raise ModelFormatError(msg)
         try:
             state = pickle.loads(payload)  # noqa: S301 (checksummed; our own checkpoints only)
+            written = state.get("river")
+            if written is not None and written != RIVER_VERSION:
+                msg = (
+                    f"expected a model checkpoint written with river {RIVER_VERSION} (this "
+                    f"process's), got one written with river {written}: its weights and pickle "
+                    f"are River's; install river=={written}, or clear the checkpoints and let "
+                    "the learner rebuild them from churn.training"
+                )
+                raise ModelFormatError(msg)
             config = ModelConfig(**state["config"])
             scorer = cls.__new__(cls)
             scorer._config = config
