@@ -205,7 +205,15 @@ def simulate(
     if out_dir is not None:
         with progress_counter(Console(stderr=True), "simulating") as update:
             summary = write_simulation(config, out_dir, progress=update)
-        click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}: {summary}")
+        click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}")
+        by_type = ", ".join(f"{n:,} {kind}" for kind, n in summary.events_by_type.items() if n)
+        stories = ", ".join(f"{n:,} {name}" for name, n in sorted(summary.archetypes.items()))
+        click.echo(
+            f"{summary.customers:,} customers over {summary.days:,} days: {summary.records:,} "
+            f"records ({summary.events:,} events: {by_type}; {summary.duplicates:,} "
+            f"redelivered, {summary.malformed:,} malformed); {summary.churned:,} churned; "
+            f"stories: {stories}"
+        )
         return
     from churnwatch.core.errors import ChurnwatchError
     from churnwatch.sdk.commands import kafka_settings, summary_lines
@@ -247,12 +255,15 @@ def simulate(
     type=click.IntRange(min=1),
     help="Mirror this many topic partitions (one watermark each).",
 )
+@click.option("--quiet", is_flag=True, help="No progress display.")
 def replay(
     events: Path,
     rules_file: Path | None,
     alerts_out: Path | None,
     dead_letters_out: Path | None,
     partitions: int | None,
+    *,
+    quiet: bool,
 ) -> None:
     """Run the core over a JSONL file of events, in file order, as the workers would."""
     import base64
@@ -278,6 +289,7 @@ def replay(
                 orjson.dumps(
                     {
                         "position": letter.position,
+                        "line": letter.position + 1,
                         "reason": letter.reason,
                         "message": letter.message,
                         "original_b64": base64.b64encode(letter.raw).decode(),
@@ -286,14 +298,12 @@ def replay(
                 + b"\n"
             )
 
-    engine = Replay(
-        policy,
-        partitions=partitions or settings.partitions,
-        on_alert=on_alert,
-        on_dead_letter=on_dead,
-    )
+    count = partitions or settings.partitions
+    source = "--partitions" if partitions else "CHURNWATCH_PARTITIONS or its default"
+    click.echo(f"replaying with {count} partition{'s' if count != 1 else ''} ({source})", err=True)
+    engine = Replay(policy, partitions=count, on_alert=on_alert, on_dead_letter=on_dead)
     try:
-        with progress_counter(Console(stderr=True), "replaying") as update:
+        with progress_counter(Console(stderr=True, quiet=quiet), "replaying") as update:
             for i, raw in enumerate(read_records(str(events)), 1):
                 engine.feed(raw)
                 if i % 20_000 == 0:

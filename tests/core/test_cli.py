@@ -122,6 +122,43 @@ def test_simulate_then_replay_a_file(tmp_path: Path) -> None:
     assert dead.read_bytes().count(b"\n") > 0
 
 
+def test_simulate_says_what_it_wrote_in_words() -> None:
+    """
+    `simulate --out` ends with a sentence of counts that matches the files, not a raw object.
+    """
+    runner = CliRunner()
+    with runner.isolated_filesystem():
+        result = runner.invoke(
+            main, ["simulate", "--customers", "30", "--days", "10", "--out", "sim"]
+        )
+        records = len(Path("sim/events.jsonl").read_bytes().splitlines())
+    assert 0 == result.exit_code, result.output
+    assert "SimSummary(" not in result.output
+    assert f"30 customers over 10 days: {records:,} records" in result.output
+
+
+def test_replay_says_its_partition_count_and_numbers_dead_letters_by_line(
+    tmp_path: Path,
+) -> None:
+    """
+    `replay --quiet` says how many partitions it mirrors and where that came from, and each
+    dead letter carries the file's line number (from 1, as `publish` counts) beside its
+    position (from 0).
+    """
+    events = tmp_path / "events.jsonl"
+    good = b'{"event_id":"e1","type":"login","customer_id":"c1","ts":"2026-01-01T00:00:00Z"}'
+    events.write_bytes(good + b"\nnot json\n")
+    dead = tmp_path / "dead.jsonl"
+    args = ["replay", str(events), "--quiet", "--dead-letters-out", str(dead)]
+    result = CliRunner().invoke(main, [*args, "--partitions", "3"])
+    assert 0 == result.exit_code, result.output
+    assert "replaying with 3 partitions (--partitions)" in result.output
+    (letter,) = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert (1, 2) == (letter["position"], letter["line"])
+    result = CliRunner().invoke(main, args)
+    assert "replaying with 1 partition (CHURNWATCH_PARTITIONS or its default)" in result.output
+
+
 def test_simulate_needs_a_destination() -> None:
     """
     `simulate` without --out or --to-kafka is a usage error that says what to give.
