@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from click.testing import CliRunner
 
 from churnwatch.cli import main
