@@ -4,6 +4,9 @@ The command line: what a user types, what they see, and the files it writes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -44,6 +47,36 @@ def test_rules_check_names_file_line_and_field(tmp_path: Path) -> None:
     assert 1 == result.exit_code
     line = next(i for i, row in enumerate(text.splitlines(), 1) if "margin: ten" in row)
     assert f"{bad}:{line}: score_rules[0].margin" in result.output
+
+
+def test_the_demo_gives_the_same_alert_bytes_in_processes_with_other_hash_seeds(
+    tmp_path: Path,
+) -> None:
+    """
+    Two demo runs in separate processes with different PYTHONHASHSEEDs (so dict and set orders
+    of strings differ) write byte-identical alerts.
+    """
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"alerts-{seed}.jsonl"
+        args = ["demo", "--customers", "150", "--days", "60", "--seed", "4", "--quiet"]
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from churnwatch.cli import main; main()",
+                *args,
+                "--alerts-out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            timeout=300,
+        )
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert outs[0]
 
 
 def test_schemas_check_is_in_sync() -> None:

@@ -503,7 +503,8 @@ def vector(
             if ticket.opened_day < oldest_open:
                 oldest_open = ticket.opened_day
 
-    # _since and _trend inlined (the same comparisons: min(a, b) is b only when b < a).
+    # Each recency is capped at `never`, so that "long ago" never reads as more recent than
+    # "never".
     days_since: list[float] = []
     for then in (
         last_event,
@@ -588,17 +589,6 @@ def vector(
         "last_gap_days": last_gap,
         "gap_ratio": event_gap_ratio,
     }
-
-
-def _since(now: float, then: float | None, never: float) -> float:
-    # Capped at `never`, so that "long ago" never reads as more recent than "never".
-    return never if then is None else min(now - then, never)
-
-
-def _trend(short_rate: float, long_rate: float) -> float:
-    if long_rate < _TINY_RATE:
-        return 1.0
-    return min(short_rate / long_rate, _TREND_MAX)
 
 
 # Serialisation: one flat hash of strings. Floats are written with repr(), which Python reads
