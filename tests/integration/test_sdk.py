@@ -336,6 +336,34 @@ def test_the_publish_command_exits_1_when_nothing_could_be_sent(
     assert "sent: 0" in result.output
 
 
+def test_publish_before_the_topics_exist_fails_in_one_line_and_sends_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """
+    `publish` without `topics create` checks the ingest topics first and fails with one error
+    line naming the missing ones and the command that creates them; no topic is created.
+    """
+    prefix = f"cw-it-{uuid4().hex}."
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line(event("login", "c1")) + b"\n")
+    group = click.Group("churnwatch")
+    register(group)
+    env = {"CHURNWATCH_KAFKA_BOOTSTRAP": kafka_bootstrap, "CHURNWATCH_KAFKA_TOPIC_PREFIX": prefix}
+
+    result = CliRunner().invoke(group, ["publish", "--quiet", str(path)], env=env)
+
+    assert 1 == result.exit_code, result.output
+    (error,) = [row for row in result.output.splitlines() if row.startswith("Error: ")]
+    topics = KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix).topics()
+    for topic in topics.ingest_topics():
+        assert topic in error
+    assert "churnwatch topics create" in error
+    assert "sent:" not in result.output
+    assert {} == describe_partitions(
+        KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix), topics.ingest_topics()
+    )
+
+
 def test_sending_to_a_topic_that_does_not_exist_fails_fast_and_creates_nothing(
     kafka_bootstrap: str,
 ) -> None:

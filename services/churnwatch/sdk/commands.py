@@ -66,11 +66,23 @@ def publish(file: Path, bootstrap: str | None, quiet: bool) -> None:
     nothing could be.
     """
     from churnwatch.sdk.producer import EventProducer, count_lines, publish_file
+    from churnwatch.sdk.topics import describe_partitions
     from churnwatch.settings import CoreSettings
 
     settings = kafka_settings(bootstrap)
     max_event_bytes = CoreSettings().max_event_bytes
     try:
+        # One metadata request first: without the topics the producer would block and log
+        # "topic not found" for every send until its timeout.
+        ingest = settings.topics().ingest_topics()
+        found = describe_partitions(settings, ingest)
+        missing = [topic for topic in ingest if topic not in found]
+        if missing:
+            msg = (
+                f"topics missing on {settings.bootstrap}: {', '.join(missing)}: create them "
+                "first with `churnwatch topics create`"
+            )
+            raise click.ClickException(msg)
         with (
             EventProducer(settings, max_event_bytes=max_event_bytes) as producer,
             _progress(quiet, label="publishing", total=count_lines(file)) as update,
