@@ -5,6 +5,7 @@ Explanations: factors add up to the change, come in plain words with numbers, la
 from __future__ import annotations
 
 import math
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -55,7 +56,7 @@ def test_reasons_push_in_the_direction_of_the_change(
     at least the whole rise (the factors pushing the other way are left out), short only of
     the shares too small to list (under 0.005 each).
     """
-    items = explain.reasons(now, before, change=change, x={}, top=len(NAMES))
+    items = explain.reasons(now, before, change=change, x=dict.fromkeys(NAMES, 2.0), top=len(NAMES))
     assert all(r.contribution > 0 for r in items)
     moved = sum(now.get(n, 0) - before.get(n, 0) for n in NAMES)
     if change >= explain.MIN_CHANGE and moved > 1e-6:
@@ -119,3 +120,59 @@ def test_the_prior_input_reads_as_the_rules_health_points() -> None:
 
     x = {PRIOR_INPUT: prior_logit(0.25)}
     assert "health points 75 of 100 by the rules" == explain.describe(PRIOR_INPUT, x)
+
+
+_SOME = [*NAMES, "csat_low", "repeat_buyer", "ltv", "open_tickets"]
+
+
+@given(
+    now=st.dictionaries(st.sampled_from(_SOME), st.floats(0.01, 1), min_size=1),
+    zeros=st.sets(st.sampled_from(_SOME)),
+)
+def test_a_factor_whose_value_is_zero_is_never_a_reason(
+    now: dict[str, float], zeros: set[str]
+) -> None:
+    """
+    Whatever its share, a feature whose value is 0 (or reads as 0 in its words: 0.2 days,
+    0.3 low ratings) is not given as a reason, unless a zero is news in itself (a one-time
+    buyer, logins down 100%).
+    """
+    x = {name: 0.0 if name in zeros else 3.0 for name in _SOME}
+    x["days_since_event"] = 0.0 if "days_since_event" in zeros else 0.2
+    items = explain.reasons(now, None, change=0.0, x=x, top=len(_SOME))
+    silent = {n for n in zeros if n not in explain._ZERO_SPEAKS} | {"days_since_event"}
+    assert set() == {r.factor for r in items} & silent
+    for r in items:
+        assert not re.fullmatch(r"\D*0\D*", r.text), r.text
+    expected = {n for n, share in now.items() if share >= 0.005} - silent
+    assert expected == {r.factor for r in items}
+
+
+def test_the_simulators_alerts_name_their_event_first_and_say_no_zeros() -> None:
+    """
+    Over a simulated history's alerts: an event rule's alert (urgent ticket, ticket burst,
+    repeated returns) gives the event that fired it as its first reason, with the rule's count
+    and window where it has them; no reason of any alert reads as a zero.
+    """
+    from churnwatch.core.engine import EngineConfig, Policy
+    from churnwatch.core.rules import default_rules
+    from churnwatch.replay.engine import Replay
+    from churnwatch.sim.simulator import SimConfig, Simulation
+
+    rules = default_rules()
+    alerts = []
+    replay = Replay(Policy.build(rules, EngineConfig()), on_alert=alerts.append)
+    replay.run(Simulation(SimConfig(customers=600, days=90, seed=11)).records())
+    by_name = {rule.name: rule for rule in rules.event_rules}
+    fired = [a for a in alerts if a.rule in by_name]
+    assert {"urgent_ticket", "ticket_burst", "repeated_returns"} <= {a.rule for a in fired}
+    for alert in fired:
+        rule = by_name[alert.rule]
+        first = alert.reasons[0].text
+        assert ("ticket" if rule.event == "ticket" else "return") in first, alert
+        if rule.count > 1:
+            assert first.startswith(f"{rule.count} "), first
+        assert first in alert.summary
+    for alert in alerts:
+        for reason in alert.reasons:
+            assert not re.fullmatch(r"\D*0\D*", reason.text), (alert.rule, reason.text)

@@ -31,6 +31,7 @@ from churnwatch.core.labels import (
 from churnwatch.core.model import ModelConfig, blend, engagement_score, model_weight
 from churnwatch.core.rules import (
     PRIOR_INPUT,
+    EventRule,
     PriorPlan,
     RulesFile,
     prior_logit,
@@ -98,6 +99,8 @@ class _Plan:
     """The least a learned H can be, in days."""
     snapshot_reach: float | None = None
     """Snapshots at the checkpoints up to this many horizons; None: at every checkpoint."""
+    event_rules: Mapping[str, EventRule] = field(default_factory=dict)
+    """The rules file's event rules by name: their alerts' first reason is the event."""
     prior_input: bool = False
     """The rules file's `model.prior_input`: the vector carries the prior's logit."""
 
@@ -125,6 +128,7 @@ class _Plan:
             fixed_horizon=fixed,
             horizon_floor_days=config.horizon / _DAY,
             snapshot_reach=reach,
+            event_rules={rule.name: rule for rule in rules.event_rules},
         )
 
     def label_horizon(self, model: ModelView) -> timedelta:
@@ -456,12 +460,14 @@ def _decide(
     explained: _Explained | None,
     emitted_at: datetime,
     policy: Policy,
+    event: Event | None = None,
 ) -> tuple[list[al.AlertRecord], Anchor | None, Anchor | None]:
     """
     Apply a scoring: score and decline rules, the given extra decisions, anchors, alerts.
 
     `rule_states` (the caller's own copy of the customer's) is updated in place; returns the
-    alerts and the new anchors.
+    alerts and the new anchors. An event rule's alert (the `event` that fired it) names the
+    event first among its reasons.
     """
     rules = policy.rules
     at = scoring.at
@@ -487,14 +493,19 @@ def _decide(
         return records, anchor, next_anchor
     factors = factors_of(scoring, x, model, explained)
     change = None if ref is None else round(scoring.churn_probability - ref.churn_probability, 4)
+    top = policy.config.top_reasons
     for decision in fired:
         items = explain.reasons(
             factors,
             None if ref is None else ref.factors,
             change=0.0 if change is None else change,
             x=x,
-            top=policy.config.top_reasons,
+            top=top,
         )
+        trigger = None if event is None else policy.plan.event_rules.get(decision.rule)
+        if trigger is not None and event is not None:
+            first = explain.trigger_reason(trigger, event, factors)
+            items = [first, *(r for r in items if r.factor != first.factor)][:top]
         records.append(
             al.AlertRecord(
                 alert_id=al.alert_id_for(customer_id, decision.rule, decision.decided_at),
@@ -793,6 +804,7 @@ def process_event(
         explained=parts,
         emitted_at=watermark,
         policy=policy,
+        event=event,
     )
     records.extend(made)
     state = CustomerState(

@@ -10,11 +10,13 @@ scaled so that they add up to the change of the probability.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from churnwatch.core.alerts import Reason
-from churnwatch.core.rules import PRIOR_INPUT
+from churnwatch.core.events import Event, ReturnEvent, TicketEvent
+from churnwatch.core.rules import PRIOR_INPUT, EventRule
 
 _EPS: Final = 1e-9
 
@@ -130,6 +132,57 @@ def describe(feature: str, x: Mapping[str, float]) -> str:
 MIN_CHANGE: Final = 0.02
 """Below this change of probability, an alert explains the level of risk, not its change."""
 
+_ZERO_SPEAKS: Final = frozenset({"repeat_buyer", "has_csat", "login_trend", "purchase_trend"})
+"""Features whose value 0 is itself news ("one-time buyer", "logins down 100%")."""
+_NUMBER: Final = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def informative(feature: str, x: Mapping[str, float], text: str) -> bool:
+    """
+    Whether a factor says something: not a value of 0 ("0 low satisfaction ratings lately",
+    "no activity for 0 days"), not a text whose every number reads 0, unless its zero is news
+    (`_ZERO_SPEAKS`).
+    """
+    if feature in _ZERO_SPEAKS:
+        return True
+    if x.get(feature, 0.0) == 0.0:
+        return False
+    numbers = _NUMBER.findall(text)
+    return not numbers or any(float(n.replace(",", "")) != 0.0 for n in numbers)
+
+
+def _trigger_feature(rule: EventRule) -> str:
+    if rule.event == "ticket":
+        severities = set(rule.where.get("severity", ()))
+        return "open_urgent_tickets" if severities & {"urgent", "high"} else "open_tickets"
+    if rule.event == "return":
+        return "return_rate"
+    if rule.event == "purchase":
+        return "purchase_rate_short"
+    return "login_rate_short"
+
+
+def trigger_reason(rule: EventRule, event: Event, factors: Mapping[str, float]) -> Reason:
+    """
+    The first reason of an event rule's alert: the event that fired it, in words (the factor
+    is the feature the event moves, with its share of the probability now).
+    """
+    feature = _trigger_feature(rule)
+    if isinstance(event, TicketEvent):
+        what = f"{event.severity} ticket {event.ticket_id} {event.status}"
+        noun = "tickets"
+    elif isinstance(event, ReturnEvent):
+        what = f"return of order {event.order_id} ({event.reason})"
+        noun = "returns"
+    else:
+        what = f"{event.type} {event.event_id}"
+        noun = f"{event.type}s"
+    if rule.count > 1 and rule.within_days is not None:
+        text = f"{rule.count} {noun} within {rule.within_days:g} days, the latest a {what}"
+    else:
+        text = f"a {what}"
+    return Reason(factor=feature, contribution=round(factors.get(feature, 0.0), 4), text=text)
+
 
 def reasons(
     now: Mapping[str, float],
@@ -166,11 +219,14 @@ def reasons(
         else:
             shares = dict(now)
     ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))
-    return [
-        Reason(factor=name, contribution=round(share, 4), text=describe(name, x))
-        for name, share in ranked[:top]
-        if share >= 0.005
-    ]
+    out: list[Reason] = []
+    for name, share in ranked:
+        if len(out) == top or share < 0.005:
+            break
+        text = describe(name, x)
+        if informative(name, x, text):
+            out.append(Reason(factor=name, contribution=round(share, 4), text=text))
+    return out
 
 
 def summary(change: float | None, items: Iterable[Reason], *, level: float) -> str:
