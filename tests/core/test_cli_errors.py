@@ -66,3 +66,22 @@ def test_a_wrong_number_is_one_error_line_with_exit_code_2(
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert 1 == len(errors), result.output
     assert expected in errors[0]
+
+
+def test_the_api_with_redis_away_says_so_and_never_its_url() -> None:
+    """
+    `churnwatch api` with an unreachable Redis ends in one error line naming Redis, and does
+    not first print the URL it will never serve.
+    """
+    from needs import free_port
+
+    env = {
+        "CHURNWATCH_REDIS_URL": f"redis://127.0.0.1:{free_port()}",
+        "CHURNWATCH_API_PORT": str(free_port()),
+    }
+    result = CliRunner().invoke(main, ["api"], env=env)
+    assert 1 == result.exit_code, result.output
+    assert "churnwatch api on http" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert 1 == len(errors), result.output
+    assert "redis" in errors[0]

@@ -217,10 +217,17 @@ class ApiServer:
         await self.store.close()
 
 
-async def serve_forever(settings: ApiSettings) -> None:
-    """Run the API until cancelled (SIGINT/SIGTERM end `asyncio.run`)."""
+async def serve_forever(
+    settings: ApiSettings, on_ready: Callable[[], None] | None = None
+) -> None:
+    """
+    Run the API until cancelled (SIGINT/SIGTERM end `asyncio.run`); `on_ready` is called once
+    it serves (Redis reached, the port bound).
+    """
     server = ApiServer(settings)
     await server.start()
+    if on_ready is not None:
+        on_ready()
     try:
         await asyncio.Event().wait()
     finally:

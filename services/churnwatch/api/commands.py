@@ -64,7 +64,9 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = _settings({"host": host, "port": port})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/", err=True)
+    def ready() -> None:
+        # Said once it serves: before, an unreachable Redis would follow a URL that never works.
+        click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/", err=True)
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -73,7 +75,7 @@ def api(host: str | None, port: int | None) -> None:
             if task is not None:
                 loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve_forever(settings)
+            await serve_forever(settings, ready)
         except asyncio.CancelledError:
             log.info("api.stopped")
 
