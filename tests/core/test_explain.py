@@ -173,6 +173,7 @@ def test_the_simulators_alerts_name_their_event_first_and_say_no_zeros() -> None
         if rule.count > 1:
             assert first.startswith(f"{rule.count} "), first
         assert first in alert.summary
+        assert not re.search(r"\ba [aeiou]", first), first
     for alert in alerts:
         for reason in alert.reasons:
             assert not re.fullmatch(r"\D*0\D*", reason.text), (alert.rule, reason.text)

@@ -177,10 +177,11 @@ def trigger_reason(rule: EventRule, event: Event, factors: Mapping[str, float]) 
     else:
         what = f"{event.type} {event.event_id}"
         noun = f"{event.type}s"
+    article = "an" if what[:1] in "aeiou" else "a"
     if rule.count > 1 and rule.within_days is not None:
-        text = f"{rule.count} {noun} within {rule.within_days:g} days, the latest a {what}"
+        text = f"{rule.count} {noun} within {rule.within_days:g} days, the latest {article} {what}"
     else:
-        text = f"a {what}"
+        text = f"{article} {what}"
     return Reason(factor=feature, contribution=round(factors.get(feature, 0.0), 4), text=text)
 
 
