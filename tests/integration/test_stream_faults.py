@@ -33,6 +33,7 @@ from test_stream import (
     wait_until,
 )
 
+from churnwatch.core.engine import Policy
 from churnwatch.core.events import parse_event
 from churnwatch.core.labels import Example
 from churnwatch.core.partitioning import partition_of
@@ -187,6 +188,27 @@ class Sink:
         return sorted(out)
 
 
+def direct_worker(
+    redis_url: str, redis_prefix: str, count: int
+) -> tuple[WorkerSettings, TopicNames, Policy, list[bytes]]:
+    """
+    The settings of a worker driven directly (no broker; the test's Redis prefix, no wait for
+    a model), its topics and policy, and the first `count` simulated records of partition 0.
+    """
+    kafka = KafkaSettings(partitions=PARTITIONS, topic_prefix=redis_prefix + ".")
+    settings = WorkerSettings(
+        kafka=kafka,
+        redis=StoreSettings(url=redis_url, prefix=redis_prefix),
+        model_wait_seconds=0.0,
+    )
+    values = [
+        raw
+        for raw in Simulation(SIM).records()
+        if partition_of(parse_event(raw).customer_id, PARTITIONS) == 0
+    ][:count]
+    return settings, kafka.topics(), settings.to_policy(), values
+
+
 def test_records_written_but_not_produced_are_produced_on_the_next_assignment(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -195,19 +217,7 @@ def test_records_written_but_not_produced_are_produced_on_the_next_assignment(
     examples and dead letters in the outbox; the next owner produces them before anything
     else, and the records handled before the crash, delivered again, are skipped.
     """
-    kafka = KafkaSettings(partitions=PARTITIONS, topic_prefix=redis_prefix + ".")
-    settings = WorkerSettings(
-        kafka=kafka,
-        redis=StoreSettings(url=redis_url, prefix=redis_prefix),
-        model_wait_seconds=0.0,
-    )
-    topics = kafka.topics()
-    policy = settings.to_policy()
-    values = [
-        raw
-        for raw in Simulation(SIM).records()
-        if partition_of(parse_event(raw).customer_id, PARTITIONS) == 0
-    ][:600]
+    settings, topics, policy, values = direct_worker(redis_url, redis_prefix, 600)
     values.insert(20, b"not json")
     batch = [Record(topics.events, 0, offset, None, value) for offset, value in enumerate(values)]
 
@@ -267,19 +277,7 @@ def test_an_unreadable_stored_state_is_dead_lettered_and_the_batch_goes_on(
     their customer id and bytes, start anew with this batch's events, and the other customers
     of the batch are applied as usual; no crash.
     """
-    kafka = KafkaSettings(partitions=PARTITIONS, topic_prefix=redis_prefix + ".")
-    settings = WorkerSettings(
-        kafka=kafka,
-        redis=StoreSettings(url=redis_url, prefix=redis_prefix),
-        model_wait_seconds=0.0,
-    )
-    topics = kafka.topics()
-    policy = settings.to_policy()
-    values = [
-        raw
-        for raw in Simulation(SIM).records()
-        if partition_of(parse_event(raw).customer_id, PARTITIONS) == 0
-    ][:300]
+    settings, topics, policy, values = direct_worker(redis_url, redis_prefix, 300)
     customers = list(dict.fromkeys(parse_event(raw).customer_id for raw in values))
     garbage = {
         customers[0]: {"s": "[1, 2, 3]"},

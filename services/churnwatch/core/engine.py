@@ -438,9 +438,7 @@ def _next_due(state: CustomerState, plan: _Plan) -> datetime | None:
         horizon = plan.horizon
         k = plan.label_gap_multiple
         for snap in pending:
-            t = snap.taken_at + (
-                horizon if k <= 0.0 and snap.horizon is None else horizon_of(snap, horizon, k)
-            )
+            t = snap.taken_at + horizon_of(snap, horizon, k)
             if t > after and (best is None or t < best):
                 best = t
     return best
@@ -744,9 +742,9 @@ def process_event(
     if previous is not None and ts > previous:
         due = _next_due(state, policy.plan) if due_at is _Unknown.UNKNOWN else due_at
         if due is not None and due < ts:  # the silence before this event has work in it
-            state = _sweep(
-                state, ts, False, model_for, policy, records, examples, due, caught_up
-            )[0]
+            state = _sweep(state, ts, False, model_for, policy, records, examples, due, caught_up)[
+                0
+            ]
             previous = state.last_activity_at
 
     # max(previous, ts), which keeps `previous` on a tie
