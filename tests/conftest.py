@@ -1,5 +1,6 @@
 """
-Shared pytest configuration: hypothesis profiles `dev` (default) and `ci`.
+Shared pytest configuration: hypothesis profiles `dev` (default) and `ci`, and the fixtures of
+the real services (tests/services.py) for tests/integration and tests/faults.
 """
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import os
 
 from hypothesis import HealthCheck, settings
+
+pytest_plugins = ["services"]
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(

@@ -9,7 +9,6 @@ and fail in CI (CI=true), so a green build means they ran.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,43 +58,6 @@ def stack_script() -> Path:
     return REPO_ROOT / "deploy" / "local" / "stack.sh"
 
 
-def _address(variable: str) -> str:
-    value = os.environ.get(variable, "").strip()
-    if not value:
-        unavailable(f"{variable} is not set")
-    return value
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """
-    The Kafka-protocol broker's bootstrap address, host:port.
-    """
-    return _address("CHURNWATCH_TEST_KAFKA")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """
-    The Redis URL, e.g. redis://127.0.0.1:16379/0.
-    """
-    return _address("CHURNWATCH_TEST_REDIS")
-
-
-@pytest.fixture(scope="session")
-def kafka_admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
-    """
-    One kafka-python admin client for the session.
-    """
-    admin = KafkaAdminClient(
-        bootstrap_servers=kafka_bootstrap, client_id="churnwatch-it", request_timeout_ms=10_000
-    )
-    try:
-        yield admin
-    finally:
-        admin.close()
-
-
 @pytest.fixture
 def kafka_topic(kafka_admin: KafkaAdminClient) -> Iterator[str]:
     """
@@ -138,18 +100,6 @@ def kafka_consumer_settings(kafka_bootstrap: str) -> dict[str, Any]:
         "max_poll_interval_ms": 3_000,
         "request_timeout_ms": 10_000,
     }
-
-
-@pytest.fixture(scope="session")
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """
-    A redis-py client on CHURNWATCH_TEST_REDIS that decodes replies to str.
-    """
-    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

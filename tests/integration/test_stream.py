@@ -729,7 +729,7 @@ class _Merge:
     when they have a high watermark entry), with a fake clock, a sink that keeps what is sent,
     high watermarks the test sets, and the records of one customer to feed it."""
 
-    def __init__(self, prefix: str, **settings: Any) -> None:
+    def __init__(self, prefix: str, *, fetches: bool = False, **settings: Any) -> None:
         kafka = KafkaSettings(partitions=1, topic_prefix=prefix)
         topics = kafka.topics()
         self.login, self.buy = topics.for_event("login"), topics.for_event("purchase")
@@ -740,6 +740,9 @@ class _Merge:
             (self.buy, 0): 0,
         }
         self.clock, self.sink = _Clock(), _Sink()
+        # With `fetches`: when each partition's last fetch response arrived (wall clock), as
+        # the test sets it; the wall clock moves with the monotonic one.
+        self.fetched: dict[tuple[str, int], float | None] = {}
         self.acked: list[tuple[str, int]] = []
         self.metrics = Metrics(CollectorRegistry())
         self.ingestor = Ingestor(
@@ -750,7 +753,9 @@ class _Merge:
             assigned=lambda: set(self.highwaters),
             highwater=lambda t, p: self.highwaters.get((t, p)),
             start_offset=lambda _t, _p: 0,
+            fetched_at=(lambda t, p: self.fetched.get((t, p))) if fetches else None,
             clock=self.clock,
+            wall=self.clock,
         )
 
     async def ack(self, records: Sequence[Record]) -> None:
@@ -891,6 +896,66 @@ def test_a_stalled_ingest_topic_holds_the_others_within_the_lateness_of_its_last
     assert sorted(merge.acked) == sorted(
         [(login, 0), (login, 1), (login, 2), (buy, 0), (buy, 1), (buy, 2), (buy, 3)]
     )
+
+
+def test_a_caught_up_topic_is_waited_for_until_a_fetch_after_the_record_confirms_it() -> None:
+    """
+    A topic at its high watermark holds another topic's record until a fetch response that
+    arrived after that record confirms it has nothing more: records appended to it in between
+    (a history published while partitions are assigned) are forwarded first, in event time.
+    Waiting for such a fetch is not a stall; a topic whose fetches stop (a paused partition)
+    stalls after `ingest_idle_seconds` like any other.
+    """
+    merge = _Merge("fresh.", fetches=True, ingest_idle_seconds=5.0, ingest_stall_seconds=30.0)
+    login, buy, highwaters, fetched = merge.login, merge.buy, merge.highwaters, merge.fetched
+    ingestor, clock, ack, sent_at = merge.ingestor, merge.clock, merge.ack, merge.sent_at
+    logged, bought = merge.logged, merge.bought
+    highwaters.update({(login, 0): 1, (buy, 0): 1})
+
+    async def scenario() -> None:
+        clock.now = 1.0
+        fetched.update({(login, 0): 1.0, (buy, 0): 1.0})
+        await ingestor.handle([logged(0, _at(9, 0))], ack)
+        assert [] == sent_at()  # the purchase topic has a record it has not delivered
+        await ingestor.handle([bought(0, _at(9, 30))], ack)
+        # The login topic is at its high watermark, but from a fetch before the purchase
+        # arrived: the purchase waits.
+        assert ["09:00"] == sent_at()
+        clock.now = 2.0
+        await ingestor.tick(ack)
+        assert ["09:00"] == sent_at()
+        # The next fetch brings a login appended meanwhile: it goes first, then the purchase
+        # (that fetch came after the purchase and found nothing more).
+        highwaters[(login, 0)] = 2
+        fetched[(login, 0)] = clock.now = 2.5
+        await ingestor.handle([logged(1, _at(9, 10))], ack)
+        assert ["09:00", "09:10", "09:30"] == sent_at()
+        # A purchase arrives after the login topic's last fetch: it waits for the next one,
+        # which finds nothing; a wait of a fetch round is no stall.
+        highwaters[(buy, 0)] = 2
+        fetched[(buy, 0)] = clock.now = 3.0
+        await ingestor.handle([bought(1, _at(9, 50))], ack)
+        clock.now = 3.5
+        await ingestor.tick(ack)
+        assert "09:30" == sent_at()[-1]
+        fetched[(login, 0)] = clock.now = 3.6
+        await ingestor.tick(ack)
+        assert "09:50" == sent_at()[-1]
+        assert 0.0 == merge.stalls(login, "bounded")
+        # The login topic's fetches stop (a paused partition): the next purchases wait
+        # ingest_idle_seconds, then go up to the last login plus the lateness (10:10).
+        highwaters[(buy, 0)] = 4
+        fetched[(buy, 0)] = clock.now = 4.0
+        await ingestor.handle([bought(2, _at(10, 0)), bought(3, _at(11, 0))], ack)
+        clock.now = 8.9
+        await ingestor.tick(ack)
+        assert "09:50" == sent_at()[-1]
+        clock.now = 9.1
+        await ingestor.tick(ack)
+        assert ["09:50", "10:00"] == sent_at()[-2:]
+        assert 1.0 == merge.stalls(login, "bounded")
+
+    asyncio.run(scenario())
 
 
 def test_a_silent_ingest_topic_with_an_unknown_high_watermark_does_not_bound_the_others() -> None:

@@ -211,6 +211,7 @@ class WorkerRuntime:
             start_offset=self._committed,
             commit=self._commit_acked,
             seek=self._seek_to,
+            fetched_at=self._fetched_at,
         )
         self.ingest_ack: Any = None
         self._started = False
@@ -260,6 +261,26 @@ class WorkerRuntime:
             return None
         return None if value is None else int(value)
 
+    def _fetched_at(self, topic: str, partition: int) -> float | None:
+        """When (wall time, s) the last fetch response for a partition arrived: the one its
+        `highwater` is from (aiokafka's `last_poll_timestamp`; faust does not expose it)."""
+        try:
+            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            value = consumer.last_poll_timestamp(FaustTP(topic, partition))
+        except (AssertionError, KeyError, AttributeError):
+            return None
+        return None if value is None else int(value) / 1000.0
+
+    @staticmethod
+    def partitions_of(stream: Any) -> list[int]:
+        """The churn.events partitions of an isolated-partition actor's stream."""
+        return sorted(tp.partition for tp in getattr(stream, "active_partitions", None) or ())
+
+    def revoked(self, stream: Any) -> bool:
+        """Whether an isolated-partition actor's partitions are all no longer assigned."""
+        mine = set(self.partitions_of(stream))
+        return bool(mine) and not mine & set(self.owned_events_partitions())
+
     def owned_events_partitions(self) -> list[int]:
         return sorted(p for t, p in self._assigned() if t == self.topics.events)
 
@@ -292,17 +313,28 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
     async def scoring(stream: Any) -> None:
         await rt.start()
         ack = _acker(stream)
-        async for events in stream.noack_take(take, within=within):
-            records = [to_record(e) for e in events]
-            by_partition: dict[int, list[Record]] = {}
-            for record in records:
-                by_partition.setdefault(record.partition, []).append(record)
-            try:
-                for partition, batch in by_partition.items():
-                    await rt.scoring.handle_batch(partition, batch, ack)
-            except Exception as exc:
-                await rt.crash(exc, "scoring")
-                raise
+        try:
+            async for events in stream.noack_take(take, within=within):
+                records = [to_record(e) for e in events]
+                by_partition: dict[int, list[Record]] = {}
+                for record in records:
+                    by_partition.setdefault(record.partition, []).append(record)
+                try:
+                    for partition, batch in by_partition.items():
+                        await rt.scoring.handle_batch(partition, batch, ack)
+                except Exception as exc:
+                    await rt.crash(exc, "scoring")
+                    raise
+        except asyncio.CancelledError:
+            if not rt.revoked(stream):
+                raise  # the worker stops
+            # faust cancels the actor of a revoked partition and, when the cancellation
+            # escapes, restarts it for that partition, no longer assigned: the restarted
+            # actors crash again until faust's supervisor gives up and the worker exits
+            # (MaxRestartsExceeded, or an AssertionError in the conductor's
+            # _update_tp_index). Ending here ends the actor; what it had not acknowledged
+            # is the new owner's (issue 18, item 2).
+            log.info("scoring.revoked", extra={"partitions": rt.partitions_of(stream)})
 
     async def ingest_tick() -> None:
         if rt.ingest_ack is None:

@@ -8,16 +8,20 @@ would reorder a customer's events by up to the whole backlog of one topic (and t
 would reject them as too late). So the ingest worker merges, like Kafka Streams' timestamp
 synchronisation: per partition number, it buffers each ingest topic's valid records and
 forwards the one with the smallest event time while every topic of that partition either has
-a record buffered or has nothing more to deliver (it has caught up with its high watermark).
-The consumer fetches small chunks per partition (`consumer_max_fetch_bytes`), so a backlog
-arrives interleaved across the topics and the merge buffers little.
+a record buffered or has provably nothing more to deliver before it: a fetch of the topic's
+partition made after that record was received found nothing past what was delivered (the fetch
+response's high watermark, not one reported elsewhere or read earlier: a topic whose last fetch
+predates the record may have had records appended since, and forwarding past them would reorder
+a stream published in bulk by hours). The consumer fetches small chunks per partition
+(`consumer_max_fetch_bytes`), so a backlog arrives interleaved across the topics and the merge
+buffers little.
 
-A topic that has not caught up and delivers nothing for `ingest_idle_seconds` (a slow fetch, a
-worker short of CPU in a backlog) is stalled (logged): the others' events are forwarded up to
-the stalled topic's last event time plus the allowed lateness, and no further, so that its next
-events still fit the scorer's watermark. After `ingest_stall_seconds` without a delivery it is
-given up on (logged as an error) and the others go on without a bound: a stalled topic delays,
-never stops, the others.
+A topic waited for that delivers nothing for `ingest_idle_seconds` (a slow fetch, a paused
+partition, a worker short of CPU in a backlog) is stalled (logged): the others' events are
+forwarded up to the stalled topic's last event time plus the allowed lateness, and no further,
+so that its next events still fit the scorer's watermark. After `ingest_stall_seconds` without
+a delivery it is given up on (logged as an error) and the others go on without a bound: a
+stalled topic delays, never stops, the others.
 
 Records are acknowledged (their offsets may be committed) only after their forward or dead
 letter is delivered. After a crash the uncommitted records are forwarded again; the scorer
@@ -60,7 +64,11 @@ class _Source:
     """Ties in event time go to the topic listed first in the settings."""
     delivered_at: float
     """When the source last delivered a record (or was assigned)."""
-    pending: deque[tuple[Event, Record]] = field(default_factory=deque)
+    pending: deque[tuple[Event, Record, float]] = field(default_factory=deque)
+    """Valid records not forwarded yet, with the wall time they were received."""
+    waited_since: float | None = None
+    """Since when the merge waits for a fetch of this source that confirms it has nothing
+    more (None while it does not)."""
     next_offset: int | None = None
     """One past the last offset received since the assignment."""
     gap_since: float | None = None
@@ -94,8 +102,22 @@ class Ingestor:
         start_offset: Callable[[str, int], int | None] = lambda _t, _p: None,
         commit: Callable[[], Awaitable[object]] | None = None,
         seek: Callable[[str, int, int], Awaitable[None]] | None = None,
+        fetched_at: Callable[[str, int], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """
+        Args:
+            assigned: the topic partitions assigned now.
+            highwater: a partition's high watermark from the consumer's last fetch response
+                (None before the first).
+            start_offset: where a partition's delivery starts (its committed offset).
+            fetched_at: when (wall time, seconds) the consumer's last fetch response for a
+                partition arrived, the one `highwater` is from; None before the first. Without
+                it (tests of the order alone) a caught-up high watermark is trusted as fresh.
+            clock: the monotonic clock of the idle and stall timeouts.
+            wall: the wall clock `fetched_at` is compared with.
+        """
         self.settings = settings
         self.sink = sink
         self.metrics = metrics
@@ -105,7 +127,9 @@ class Ingestor:
         self._start_offset = start_offset
         self._commit = commit
         self._seek = seek
+        self._fetched_at = fetched_at
         self._clock = clock
+        self._wall = wall
         self._ranks = {name: i for i, name in enumerate(topics.ingest_topics())}
         self._sources: dict[TP, _Source] = {}
         self.seeks: list[tuple[TP, int]] = []
@@ -132,8 +156,9 @@ class Ingestor:
         async with self._lock:
             self._sync_assignment()
             dead: list[tuple[Record, BadEventError]] = []
+            received = self._wall()
             for record in records:
-                self._add(record, dead)
+                self._add(record, received, dead)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "ingest.batch",
@@ -170,7 +195,9 @@ class Ingestor:
             if tp not in self._sources:
                 self._sources[tp] = _Source(self._ranks[tp[0]], delivered_at=now)
 
-    def _add(self, record: Record, dead: list[tuple[Record, BadEventError]]) -> None:
+    def _add(
+        self, record: Record, received: float, dead: list[tuple[Record, BadEventError]]
+    ) -> None:
         tp = (record.topic, record.partition)
         source = self._sources.get(tp)
         if source is None:
@@ -193,7 +220,7 @@ class Ingestor:
         except BadEventError as error:
             dead.append((record, error))
             return
-        source.pending.append((event, record))
+        source.pending.append((event, record, received))
         source.last_ts = event.ts
 
     def _skipped(self, tp: TP, source: _Source, record: Record) -> bool:
@@ -266,18 +293,32 @@ class Ingestor:
         await asyncio.gather(*deliveries)
         await ack([record for record, _ in dead])
 
-    def _caught_up(self, tp: TP, source: _Source) -> bool:
-        """Whether the source has nothing more to deliver for now."""
+    def _check(
+        self, tp: TP, source: _Source, received: float
+    ) -> Literal["clear", "behind", "unconfirmed"]:
+        """
+        Whether the source (with nothing buffered) provably has nothing to deliver before a
+        record received at `received`: `clear` when its position has reached the high
+        watermark of a fetch response that arrived after that record; `behind` when it has not
+        reached the last high watermark (or none is known yet); `unconfirmed` when it has, but
+        the fetch predates the record: records may have been appended since (a fetch round is
+        hours of event time when a history is published in bulk).
+        """
         highwater = self._highwater(*tp)
         if highwater is None:
-            return False
+            return "behind"
         position = source.next_offset
         if position is None:
             # Nothing delivered since the assignment: it starts at its committed offset.
             position = self._start_offset(*tp)
-            if position is None:
-                return highwater == 0
-        return position >= highwater
+            if position is None and highwater != 0:
+                return "behind"
+        if position is not None and position < highwater:
+            return "behind"
+        if self._fetched_at is None:
+            return "clear"
+        fetched = self._fetched_at(*tp)
+        return "clear" if fetched is not None and fetched > received else "unconfirmed"
 
     def _ready(self, dead: list[tuple[Record, BadEventError]]) -> list[tuple[Event, Record]]:
         """
@@ -292,27 +333,29 @@ class Ingestor:
             groups.setdefault(tp[1], []).append((tp, source))
         out: list[tuple[Event, Record]] = []
         for members in groups.values():
-            waiting = {
-                tp: source
-                for tp, source in members
-                if not source.pending and not self._caught_up(tp, source)
-            }
-            stalled = False
-            until: datetime | None = None  # while stalled: forward nothing later than this
             while True:
                 heads = [s for _, s in members if s.pending]
                 if not heads:
                     break
-                if waiting and not stalled:
-                    # Wait for them, unless none has delivered anything for a while.
-                    if any(now - s.delivered_at < idle for s in waiting.values()):
-                        break
-                    stalled = True
-                    until = self._stall_bound(members[0][0][1], waiting, now, give_up)
                 first = min(heads, key=lambda s: (s.pending[0][0].ts, s.rank))
-                if until is not None and first.pending[0][0].ts > until:
-                    break  # the stalled topics' next events would be too late after it
-                event, record = first.pending.popleft()
+                event, record, received = first.pending[0]
+                waiting: dict[TP, _Source] = {}
+                for tp, source in members:
+                    check = "clear" if source.pending else self._check(tp, source, received)
+                    if check != "clear":
+                        waiting[tp] = source
+                    if check != "unconfirmed":
+                        source.waited_since = None
+                    elif source.waited_since is None:
+                        source.waited_since = now
+                if waiting:
+                    # Wait for them, unless none has delivered anything for a while.
+                    if any(now - self._silent_since(s) < idle for s in waiting.values()):
+                        break
+                    until = self._stall_bound(record.partition, waiting, now, give_up)
+                    if until is not None and event.ts > until:
+                        break  # the stalled topics' next events would be too late after it
+                first.pending.popleft()
                 bound = self._future_bound(record)
                 if bound is not None and event.ts > bound:
                     dead.append((record, self._future(event, bound)))
@@ -320,13 +363,17 @@ class Ingestor:
                     if self.top is None or event.ts > self.top:
                         self.top = event.ts
                     out.append((event, record))
-                tp = (record.topic, record.partition)
-                if not first.pending and not self._caught_up(tp, first):
-                    # It ran dry with records still to deliver: wait for it as for any other
-                    # (if the others stall, the bound is computed again, with it).
-                    waiting[tp] = first
-                    stalled = False
         return out
+
+    @staticmethod
+    def _silent_since(source: _Source) -> float:
+        """
+        Since when a source waited for has been silent: its last delivery, or, while it only
+        waits for a fresh fetch, the start of that wait if later (a quiet topic is not stalled
+        by being quiet).
+        """
+        since = source.waited_since
+        return source.delivered_at if since is None else max(source.delivered_at, since)
 
     def _stall_bound(
         self, partition: int, waiting: dict[TP, _Source], now: float, give_up: float
@@ -345,7 +392,7 @@ class Ingestor:
         for tp, source in waiting.items():
             if self._highwater(*tp) is None:
                 outcomes[tp] = "unbounded"
-            elif now - source.delivered_at >= give_up:
+            elif now - self._silent_since(source) >= give_up:
                 outcomes[tp] = "gave_up"
             else:
                 outcomes[tp] = "bounded"
@@ -363,7 +410,7 @@ class Ingestor:
             context = {
                 "topic": tp[0],
                 "partition": partition,
-                "silent_seconds": round(now - source.delivered_at, 1),
+                "silent_seconds": round(now - self._silent_since(source), 1),
                 "forwarding_until": None if bound is None else bound.isoformat(),
             }
             if outcome != "unbounded":

@@ -120,10 +120,13 @@ class WorkerSettings(StreamSettings):
         "watermark record is published again).",
     )
     model_wait_seconds: float = Field(
-        default=5.0,
+        default=60.0,
         ge=0,
         description="How long a scorer waits for the checkpoint it should use before it falls "
-        "back to the newest earlier one (counted in churnwatch_model_fallback_total).",
+        "back to the newest earlier one (counted in churnwatch_model_fallback_total; the "
+        "scores then differ from the replay's). Keep it above a takeover (the session "
+        "timeout plus a rebalance): a checkpoint waits for every partition's watermark, and "
+        "a partition moving to another worker sends none meanwhile.",
     )
     model_poll_seconds: float = Field(default=0.05, gt=0)
     ingest_idle_seconds: float = Field(
