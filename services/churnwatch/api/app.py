@@ -217,9 +217,7 @@ class ApiServer:
         await self.store.close()
 
 
-async def serve_forever(
-    settings: ApiSettings, on_ready: Callable[[], None] | None = None
-) -> None:
+async def serve_forever(settings: ApiSettings, on_ready: Callable[[], None] | None = None) -> None:
     """
     Run the API until cancelled (SIGINT/SIGTERM end `asyncio.run`); `on_ready` is called once
     it serves (Redis reached, the port bound).

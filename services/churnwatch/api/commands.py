@@ -64,6 +64,7 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = _settings({"host": host, "port": port})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
     def ready() -> None:
         # Said once it serves: before, an unreachable Redis would follow a URL that never works.
         click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/", err=True)
