@@ -20,10 +20,14 @@ A second worker process on the same host takes the worker port plus `WORKER_PORT
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
-from wsgiref.simple_server import WSGIServer
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from typing import Any, Final, Literal, cast, get_args
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from churnwatch.core.errors import REASON_CODES
 
@@ -121,6 +125,12 @@ class Metrics:
             "Wall time from the Kafka timestamp of the record that caused an alert to the "
             "alert's publish.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "churnwatch_store_up",
+            "1 while Redis answers, 0 from a failed call until one succeeds (the worker and the "
+            "learner then wait and retry, and commit nothing).",
             registry=r,
         )
         self.consumer_lag = Gauge(
@@ -231,17 +241,49 @@ class Metrics:
         self.model_version_info.labels(version).set(1)
 
 
-def serve(metrics_port: int, host: str = "127.0.0.1", *, registry: CollectorRegistry) -> WSGIServer:
+Health = Callable[[], tuple[bool, dict[str, object]]]
+"""Whether the process is healthy, and the JSON body of /healthz that says why."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and health checks are not logged."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve(
+    metrics_port: int,
+    host: str = "127.0.0.1",
+    *,
+    registry: CollectorRegistry,
+    health: Health | None = None,
+) -> WSGIServer:
     """
-    Serves `registry` at http://host:metrics_port/metrics from a daemon thread.
+    Serves `registry` at http://host:metrics_port/metrics, and /healthz, from a daemon thread.
 
     Args:
         metrics_port: the port; 0 picks a free one (read it from `server.server_port`).
         host: the address to bind; loopback unless the process is scraped from elsewhere.
         registry: what to expose (a `Metrics(...).registry`).
+        health: what /healthz answers: 200 with its body while healthy, else 503 (a process
+            without one answers 200 while it serves).
 
     Returns:
         The running server; `server.shutdown()` then `server.server_close()` stop it.
     """
-    server, _thread = start_http_server(metrics_port, addr=host, registry=registry)
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return cast(list[bytes], metrics_app(environ, start_response))
+        ok, body = (True, {"status": "ok"}) if health is None else health()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "application/json")])
+        return [orjson.dumps(body)]
+
+    server = make_server(host, metrics_port, app, _Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

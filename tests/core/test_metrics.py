@@ -4,9 +4,11 @@ Every churnwatch metric is defined once, on the registry it is given, and served
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +33,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "churnwatch_batch_seconds": ("histogram", ()),
     "churnwatch_event_seconds": ("histogram", ()),
     "churnwatch_event_to_alert_seconds": ("histogram", ()),
+    "churnwatch_store_up": ("gauge", ()),
     "churnwatch_consumer_lag": ("gauge", ("topic", "partition")),
     "churnwatch_alerts": ("counter", ("rule", "action")),
     "churnwatch_sweep_customers": ("counter", ()),
@@ -60,6 +63,7 @@ def touch_every_metric(metrics: Metrics) -> None:
     metrics.batch_seconds.observe(0.02)
     metrics.event_seconds.observe(3e-5)
     metrics.event_to_alert_seconds.observe(0.4)
+    metrics.store_up.set(1)
     metrics.consumer_lag.labels("churn.events", "0").set(12)
     metrics.alerts.labels("score_below_threshold", "email").inc()
     metrics.sweep_customers.inc(3)
@@ -215,6 +219,37 @@ def test_the_http_server_serves_every_metric(metrics: Metrics, served: str) -> N
         if not family.name.endswith("_created")
     ]
     assert EXPECTED_SHAPES == shapes(served_families)
+
+
+def test_healthz_answers_what_the_process_says_of_its_health(metrics: Metrics) -> None:
+    """
+    /healthz on the metrics server: 200 with the body while healthy, 503 with it while not
+    (a real GET on loopback); /metrics is served beside it.
+    """
+    healthy = {"now": True}
+
+    def health() -> tuple[bool, dict[str, object]]:
+        if healthy["now"]:
+            return True, {"status": "ok"}
+        return False, {"status": "unavailable", "redis": "unavailable"}
+
+    server = serve(0, registry=metrics.registry, health=health)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+            assert (200, {"status": "ok"}) == (response.status, orjson.loads(response.read()))
+        healthy["now"] = False
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5)
+        assert 503 == caught.value.code
+        assert {"status": "unavailable", "redis": "unavailable"} == orjson.loads(
+            caught.value.read()
+        )
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            assert b"churnwatch_store_up" in response.read()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_notification_outcomes_are_the_documented_ones() -> None:

@@ -23,6 +23,7 @@ import ssl
 import tempfile
 import uuid
 from collections.abc import Awaitable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,9 +32,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP as FaustTP
 
 from churnwatch.core.engine import Policy
+from churnwatch.core.errors import StoreUnavailableError
 from churnwatch.metrics import Metrics
 from churnwatch.sdk.settings import KafkaSettings
 from churnwatch.store import RedisStore
+from churnwatch.stream.health import StoreHealth
 from churnwatch.stream.ingest import Ingestor
 from churnwatch.stream.learner import Learner
 from churnwatch.stream.logs import logging_config
@@ -190,6 +193,7 @@ class WorkerRuntime:
         self.topics = settings.kafka.topics()
         self.app = build_app(settings, settings.group_id)
         self.store = RedisStore(settings.redis)
+        self.health = StoreHealth(metrics, max_backoff=settings.store_retry_max_seconds)
         sink = FaustSink(self.app)
         self.scoring = ScoringWorker(
             settings,
@@ -221,7 +225,7 @@ class WorkerRuntime:
         async with self._start_lock:
             if self._started:
                 return
-            await self.store.start()
+            await self.health.retry("connect", self.store.start)
             self._started = True
             log.info(
                 "worker.started",
@@ -321,7 +325,11 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
                     by_partition.setdefault(record.partition, []).append(record)
                 try:
                     for partition, batch in by_partition.items():
-                        await rt.scoring.handle_batch(partition, batch, ack)
+                        await rt.health.retry(
+                            "scoring",
+                            partial(rt.scoring.handle_batch, partition, batch, ack),
+                            before_retry=partial(rt.scoring.after_store_outage, partition),
+                        )
                 except Exception as exc:
                     await rt.crash(exc, "scoring")
                     raise
@@ -350,6 +358,9 @@ def build_worker(settings: WorkerSettings, policy: Policy, metrics: Metrics) -> 
             return
         try:
             await rt.scoring.tick(rt.owned_events_partitions())
+            rt.health.succeeded()
+        except StoreUnavailableError as exc:
+            rt.health.failed(exc, "sweep")  # the next tick tries again
         except Exception as exc:
             await rt.crash(exc, "sweep")
             raise
@@ -380,6 +391,7 @@ class LearnerRuntime:
         self.group_id = f"{settings.group_id}-{uuid.uuid4().hex[:12]}"
         self.app = build_app(settings, self.group_id)
         self.store = RedisStore(settings.redis)
+        self.health = StoreHealth(metrics, max_backoff=settings.store_retry_max_seconds)
         self.learner = Learner(
             settings,
             store=self.store,
@@ -387,6 +399,7 @@ class LearnerRuntime:
             topic=self.topics.training,
             sink=FaustSink(self.app),
             deadletter_topic=self.topics.deadletter,
+            health=self.health,
         )
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -395,7 +408,7 @@ class LearnerRuntime:
         async with self._start_lock:
             if self._started:
                 return
-            await self.store.start()
+            await self.health.retry("connect", self.store.start)
             await self.learner.restore()
             self._started = True
             log.info(

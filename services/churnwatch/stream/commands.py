@@ -3,7 +3,7 @@
 
 Settings come from the environment (`CHURNWATCH_*`, see churnwatch.stream.settings); the
 options override the most common ones. Both commands create the topics if they are missing,
-serve Prometheus metrics, and run until SIGTERM or SIGINT.
+serve Prometheus metrics and /healthz, and run until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def _settings(cls: type[_S], overrides: dict[str, Any]) -> _S:
 
 
 def _prepare(settings: Any) -> Any:
-    """Logging, the topics and the metrics server; returns the Metrics."""
+    """Logging and the topics; returns the Metrics (served by `_serve` once the app is built)."""
     from prometheus_client import CollectorRegistry
 
-    from churnwatch.metrics import Metrics, serve
+    from churnwatch.metrics import Metrics
     from churnwatch.sdk.topics import ensure_topics
     from churnwatch.stream.logs import logging_config
 
@@ -36,13 +36,23 @@ def _prepare(settings: Any) -> Any:
         ensure_topics(settings.kafka)
     except ChurnwatchError as exc:
         raise click.ClickException(str(exc)) from exc
-    metrics = Metrics(CollectorRegistry())
-    server = serve(settings.metrics_port, settings.metrics_host, registry=metrics.registry)
+    return Metrics(CollectorRegistry())
+
+
+def _serve(settings: Any, metrics: Any, runtime: Any) -> None:
+    """/metrics and /healthz (503 while Redis does not answer)."""
+    from churnwatch.metrics import serve
+
+    server = serve(
+        settings.metrics_port,
+        settings.metrics_host,
+        registry=metrics.registry,
+        health=runtime.health.status,
+    )
     logging.getLogger(__name__).info(
         "metrics.serving",
         extra={"host": settings.metrics_host, "port": server.server_port},
     )
-    return metrics
 
 
 @click.command("worker")
@@ -60,6 +70,7 @@ def worker(metrics_port: int | None, group_id: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     metrics = _prepare(settings)
     runtime = build_worker(settings, policy, metrics)
+    _serve(settings, metrics, runtime)
     run(runtime.app, settings)
 
 
@@ -73,6 +84,7 @@ def learner(metrics_port: int | None) -> None:
     settings = _settings(LearnerSettings, {"metrics_port": metrics_port})
     metrics = _prepare(settings)
     runtime = build_learner(settings, metrics)
+    _serve(settings, metrics, runtime)
     run(runtime.app, settings)
 
 

@@ -28,6 +28,7 @@ from churnwatch.core.learning import Curriculum, boundary, epoch_of
 from churnwatch.core.model import ProgressiveValidation, Scorer
 from churnwatch.metrics import Metrics
 from churnwatch.store import RedisStore
+from churnwatch.stream.health import StoreHealth
 from churnwatch.stream.records import (
     Record,
     Sink,
@@ -53,6 +54,7 @@ class Learner:
         topic: str,
         sink: Sink,
         deadletter_topic: str,
+        health: StoreHealth | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -60,6 +62,7 @@ class Learner:
         self.topic = topic
         self.sink = sink
         self.deadletter_topic = deadletter_topic
+        self.health = health or StoreHealth(metrics, max_backoff=settings.store_retry_max_seconds)
         # the policy's config: the engine's, with the rules file's `model` section
         config = settings.to_policy().config
         self.length = config.model_epoch
@@ -72,7 +75,7 @@ class Learner:
 
     async def restore(self) -> None:
         """Continue from the newest checkpoint in Redis, if there is one."""
-        found = await self.store.latest_checkpoint()
+        found = await self.health.retry("restore", self.store.latest_checkpoint)
         if found is None:
             log.info("learner.fresh", extra={"topic": self.topic})
             return
@@ -206,7 +209,9 @@ class Learner:
         self.scorer.learn_one(x, example.churned)
 
     async def _save(self, epoch: int) -> None:
-        await self.store.save_checkpoint(epoch, self.scorer.to_bytes())
+        data = self.scorer.to_bytes()
+        # Retried in place while Redis is away: the epochs after it wait, none is skipped.
+        await self.health.retry("save_checkpoint", lambda: self.store.save_checkpoint(epoch, data))
         self.written = epoch
         self._export()
 

@@ -256,6 +256,11 @@ class ScoringWorker:
             part = self._parts[partition] = _Partition()
         return part
 
+    def after_store_outage(self, partition: int) -> None:
+        """A batch of the partition failed on Redis and is tried again: what its attempt may
+        have written to the outbox and not produced is produced first."""
+        self._part(partition).recovered_in = -1
+
     def on_assigned(self) -> None:
         """Partitions were (re)assigned: recover every partition's outbox before its next use."""
         self.assignments += 1
@@ -310,7 +315,8 @@ class ScoringWorker:
         Apply one batch of one partition of churn.events (in offset order), then `ack` it.
 
         Raises:
-            StoreUnavailableError: Redis failed; the caller lets the worker crash.
+            StoreUnavailableError: Redis failed; the caller waits and tries the batch again
+                (after `after_store_outage`): nothing of it was acknowledged.
         """
         if not records:
             return

@@ -44,6 +44,12 @@ class StreamSettings(CoreSettings):
         "on every JoinGroup).",
     )
     broker_heartbeat_interval: float = Field(default=1.0, gt=0)
+    store_retry_max_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="While Redis does not answer, calls are retried after 0.1 s, then twice as "
+        "long each time, up to this; nothing is committed meanwhile.",
+    )
     broker_commit_interval: float = Field(
         default=2.8, gt=0, description="Seconds between commits of the acknowledged offsets."
     )
