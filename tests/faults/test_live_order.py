@@ -44,6 +44,29 @@ def wait_done(stack: Stack, processes: Processes) -> None:
         progress.close()
 
 
+@pytest.mark.parametrize("order", ["workers first", "publish first"])
+def test_the_easy_orders_give_the_replay(stack: Stack, processes: Processes, order: str) -> None:
+    """
+    Two workers assigned before anything is published, or a history published before any
+    worker starts: the replay's result, with nothing dead-lettered.
+    """
+    records = list(Simulation(SIM).records())
+    if order == "publish first":
+        PacedPublisher(stack, records, chunk=len(records)).start().join()
+    start_learner(processes, stack)
+    workers = [start_worker(processes, stack, name) for name in ("worker-a", "worker-b")]
+    if order == "workers first":
+        wait_until(
+            lambda: all(owns_events_partitions(w, stack) for w in workers),
+            60,
+            "both workers owning churn.events partitions",
+            processes,
+        )
+        PacedPublisher(stack, records, chunk=len(records)).start().join()
+    wait_done(stack, processes)
+    check_against_replay(stack, records)
+
+
 def publish_while_the_group_forms(stack: Stack, processes: Processes) -> None:
     records = list(Simulation(SIM).records())
     start_learner(processes, stack)
