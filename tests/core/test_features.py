@@ -205,7 +205,12 @@ def batch_vector(
         "login_trend": trend(login_short, login_long),
         "purchase_rate_short": buy_short,
         "purchase_rate_long": buy_long,
-        "purchase_trend": trend(buy_short, buy_long),
+        # neutral until the history covers the long purchase window
+        "purchase_trend": (
+            trend(buy_short, buy_long)
+            if behaviour and now - min(behaviour) >= config.purchase_long_days
+            else 1.0
+        ),
         "spend_rate_long": rate(purchases, p_long, [e.amount for e in buys]),
         "ticket_load": load / short,
         "return_rate": rate(returns, p_long),
@@ -313,7 +318,8 @@ def test_login_trend_falls_when_logins_stop():
 
 def test_purchases_and_returns():
     """
-    Two purchases and a return give the hand-computed money, ratio and gap features.
+    Two purchases and a return give the hand-computed money, ratio and gap features; the
+    purchase trend is neutral while the history is shorter than the long purchase window.
     """
     features = build(
         [purchase(0, 100.0, "O-1"), purchase(10, 50.0, "O-2"), give_back(12, 30.0, "O-2")]
@@ -326,7 +332,7 @@ def test_purchases_and_returns():
         "days_since_event": 13.0,
         "purchase_rate_short": p_short,
         "purchase_rate_long": p_long,
-        "purchase_trend": p_short / p_long,
+        "purchase_trend": 1.0,
         "spend_rate_long": (100 * math.exp(-25 / 90) + 50 * math.exp(-15 / 90)) / 90,
         "return_rate": math.exp(-13 / 90) / 90,
         "return_ratio": 0.5,
@@ -343,6 +349,25 @@ def test_purchases_and_returns():
     actual = {name: got[name] for name in expected}
 
     assert mismatches(expected, actual) == {}
+
+
+def test_the_purchase_trend_compares_the_windows_once_the_history_covers_the_long_one():
+    """
+    From 90 days of history on, the purchase trend is the short rate over the long one: a
+    customer who bought steadily and then stopped for two months shows it falling.
+    """
+    features = build([purchase(d, 10.0, f"O-{d}") for d in range(0, 91, 10)])
+    at = 150
+    bought = range(0, 91, 10)
+    p_short = sum(math.exp(-(at - d) / 30) for d in bought) / 30
+    p_long = sum(math.exp(-(at - d) / 90) for d in bought) / 90
+
+    actual = vector(features, at=day(at))["purchase_trend"]
+
+    assert math.isclose(p_short / p_long, actual, rel_tol=1e-12)
+    assert actual < 0.6
+    newcomer = build([purchase(d, 10.0, f"O-{d}") for d in range(0, 51, 10)])
+    assert 1.0 == vector(newcomer, at=day(60))["purchase_trend"]  # 60 days of history
 
 
 @pytest.mark.parametrize(

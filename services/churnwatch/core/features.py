@@ -549,7 +549,11 @@ def vector(
     if first is not None and ref is not None and features.event_count >= 2 and ref > first:
         mean_gap = (ref - first) / (features.event_count - 1)
         event_gap_ratio = min((now - ref) / mean_gap, _GAP_RATIO_MAX)
-    if purchase_rate_long < _TINY_RATE:
+    if purchase_rate_long < _TINY_RATE or first is None or now - first < p_long:
+        # Neutral until the history covers the long window: before, the long rate is not yet
+        # estimable and every newcomer's first purchases read as a burst, so the model learns
+        # "rising purchases" as "new, likely to leave" and a one-time buyer's score then falls
+        # as its silence grows (measured on CDNOW, benchmarks/results/real_data.md).
         purchase_trend = 1.0
     else:
         purchase_trend = purchase_rate_short / purchase_rate_long
