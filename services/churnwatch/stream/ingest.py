@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from churnwatch.core.errors import BadEventError
 from churnwatch.core.events import Event, parse_event
@@ -132,6 +132,7 @@ class Ingestor:
         self._wall = wall
         self._ranks = {name: i for i, name in enumerate(topics.ingest_topics())}
         self._sources: dict[TP, _Source] = {}
+        self._by_topic: dict[str, tuple[Any, Any, Any]] = {}
         self.seeks: list[tuple[TP, int]] = []
         """Seeks back to request from the consumer (done by `handle` after a batch)."""
         self._lock = asyncio.Lock()
@@ -150,6 +151,19 @@ class Ingestor:
             for outcome in ("bounded", "gave_up"):
                 # at 0 from the start, so that increase() sees a first stall
                 metrics.ingest_stalls.labels(name, outcome)
+
+    def _counters(self, topic: str) -> tuple[Any, Any, Any]:
+        """A topic's consumed, duplicates and processed counters (their children looked up
+        once: a labels() call per record costs more than the increment)."""
+        found = self._by_topic.get(topic)
+        if found is None:
+            m = self.metrics
+            found = self._by_topic[topic] = (
+                m.records_consumed.labels(topic),
+                m.records_duplicates.labels(topic),
+                m.records_processed.labels(topic),
+            )
+        return found
 
     async def handle(self, records: Sequence[Record], ack: Ack) -> None:
         """Take a batch of ingest records; forward what is ready."""
@@ -204,12 +218,12 @@ class Ingestor:
             return  # not ours (any more): never acknowledged here
         if source.next_offset is not None and record.offset < source.next_offset:
             # Delivered again after a rebalance: already buffered or forwarded.
-            self.metrics.records_consumed.labels(record.topic).inc()
-            self.metrics.records_duplicates.labels(record.topic).inc()
+            self._counters(record.topic)[0].inc()
+            self._counters(record.topic)[1].inc()
             return
         if self._skipped(tp, source, record):
             return  # counted when it is delivered again
-        self.metrics.records_consumed.labels(record.topic).inc()
+        self._counters(record.topic)[0].inc()
         source.next_offset = record.offset + 1
         source.delivered_at = self._clock()
         source.stall = None
@@ -461,7 +475,7 @@ class Ingestor:
             )
         await asyncio.gather(*deliveries)
         for _event, record in ready:
-            self.metrics.records_processed.labels(record.topic).inc()
+            self._counters(record.topic)[2].inc()
         await ack([record for _event, record in ready])
         if self._commit is not None:
             # Commit now rather than at faust's next interval: after a crash every record

@@ -249,6 +249,11 @@ class ScoringWorker:
         self._dead_states: set[str] = set()
         """Entry ids of the unreadable states dead-lettered by this process."""
         metrics.prime_topic(topics.events)
+        # The per-record counters' children, looked up once (a labels() call per record costs
+        # more than the increment).
+        self._consumed = metrics.records_consumed.labels(topics.events)
+        self._processed = metrics.records_processed.labels(topics.events)
+        self._duplicates = metrics.records_duplicates.labels(topics.events)
 
     def _part(self, partition: int) -> _Partition:
         part = self._parts.get(partition)
@@ -392,10 +397,9 @@ class ScoringWorker:
 
     def _decode(self, run: _Run, records: Sequence[Record]) -> list[Event | BadEventError | None]:
         """Each record's event, its decoding error, or None when handled before."""
-        topic = self.topics.events
         out: list[Event | BadEventError | None] = []
+        self._consumed.inc(len(records))
         for record in records:
-            self.metrics.records_consumed.labels(topic).inc()
             if run.last_offset is not None and record.offset <= run.last_offset:
                 out.append(None)
                 continue
@@ -441,9 +445,8 @@ class ScoringWorker:
         Handle one record. It joins the chunk (`run.records`, `last_offset`) only when done:
         a chunk written while this record waits for a model must not claim it.
         """
-        topic = self.topics.events
         if item is None:
-            self.metrics.records_duplicates.labels(topic).inc()
+            self._duplicates.inc()
             self._done(run, record)
             return
         if isinstance(item, BadEventError):
@@ -467,7 +470,7 @@ class ScoringWorker:
         if applied is not None and record.offset <= applied:
             # Applied before a crash: its effects were written with it.
             run.high_water = high_water
-            self.metrics.records_duplicates.labels(topic).inc()
+            self._duplicates.inc()
         else:
             started = time.perf_counter()
             step = await self._step(
@@ -484,10 +487,10 @@ class ScoringWorker:
             self.metrics.event_seconds.observe(time.perf_counter() - started)
             run.high_water = high_water
             if step.outcome == "duplicate":
-                self.metrics.records_duplicates.labels(topic).inc()
+                self._duplicates.inc()
                 self._done(run, record)
                 return
-            self.metrics.records_processed.labels(topic).inc()
+            self._processed.inc()
             run.applied[event.customer_id] = record.offset
             self._take(run, step, record)
         await self._sweep(run, part, watermark)
