@@ -262,9 +262,11 @@ def test_stale_fields_do_not_survive_a_write(store: RedisStore, redis_client: re
 
 def test_partition_meta_round_trip(store: RedisStore) -> None:
     """
-    The partition meta written with a batch is read back equal; None fields stay None.
+    The partition meta written with a batch is read back equal (with the last ingest offset
+    handled per source, topic names with dots and colons included); None fields stay None.
     """
-    full = PartitionMeta(START_AT + timedelta(hours=2), START_AT + timedelta(hours=1), 41)
+    sources = {"cw.events.login:0": 17, "cw.events.purchase:3": 0, "odd:name:2": 5}
+    full = PartitionMeta(START_AT + timedelta(hours=2), START_AT + timedelta(hours=1), 41, sources)
     partial = PartitionMeta(high_water=START_AT, watermark=None, last_offset=None)
 
     async def go() -> tuple[PartitionMeta, PartitionMeta]:

@@ -7,7 +7,8 @@ Key schema (the streaming protocol; every key carries a hash tag):
 
 - `{prefix}:c:{<customer_id>}` HASH: `churnwatch.core.state.to_dict(state)` plus `o:<partition>`,
   the offset in churn.events of the last event applied to the customer.
-- `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset),
+- `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset, and
+  `src:<topic>:<partition>` the last ingest offset handled per source),
   `...:due` ZSET (customer -> next due time, epoch seconds), `...:risk` ZSET (customer ->
   churn probability), `...:outbox` HASH (entry id -> JSON of a record still to produce).
 - `{prefix}:c:{<customer_id>}:hist` ZSET (the customer's scorings, event time ->
@@ -115,6 +116,13 @@ class PartitionMeta:
     """high_water less the allowed lateness: the sweep has handled everything due until it."""
     last_offset: int | None = None
     """The offset of the last record of churn.events handled on the partition."""
+    sources: Mapping[str, int] = field(default_factory=dict)
+    """Per ingest topic partition (`topic:partition`), the offset of the last ingest record
+    whose forward was handled on the partition (records without a source header: none)."""
+
+
+_SOURCE = "src:"
+"""The prefix of a partition meta field holding `PartitionMeta.sources`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,10 +606,12 @@ class RedisStore:
         high_water = data.get("high_water") or None
         watermark = data.get("watermark") or None
         last_offset = data.get("last_offset") or None
+        sources = {k[len(_SOURCE) :]: int(v) for k, v in data.items() if k.startswith(_SOURCE)}
         return PartitionMeta(
             high_water=None if high_water is None else datetime.fromisoformat(high_water),
             watermark=None if watermark is None else datetime.fromisoformat(watermark),
             last_offset=None if last_offset is None else int(last_offset),
+            sources=sources,
         )
 
     async def due_customers(
@@ -668,6 +678,7 @@ class RedisStore:
                 _iso(meta.watermark, "meta.watermark"),
                 "last_offset",
                 "" if meta.last_offset is None else str(meta.last_offset),
+                *(x for k, v in sorted(meta.sources.items()) for x in (_SOURCE + k, str(v))),
             )
         )
         return outbox, states, part

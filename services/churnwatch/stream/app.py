@@ -40,7 +40,7 @@ from churnwatch.stream.health import StoreHealth
 from churnwatch.stream.ingest import Ingestor
 from churnwatch.stream.learner import Learner
 from churnwatch.stream.logs import logging_config
-from churnwatch.stream.records import Record
+from churnwatch.stream.records import SOURCE_HEADER, Record, parse_source
 from churnwatch.stream.scoring import ScoringWorker
 from churnwatch.stream.settings import LearnerSettings, StreamSettings, WorkerSettings
 
@@ -142,6 +142,13 @@ def raw_topic(app: faust.App, *names: str) -> Any:
 def to_record(event: Any) -> Record:
     message = event.message
     value = message.value
+    headers = message.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    source = None
+    for name, header in headers:
+        if name == SOURCE_HEADER and isinstance(header, bytes):
+            source = parse_source(header)
     return Record(
         topic=message.topic,
         partition=message.partition,
@@ -150,6 +157,7 @@ def to_record(event: Any) -> Record:
         value=value if value is not None else b"",
         timestamp=message.timestamp,
         token=event,
+        source=source,
     )
 
 

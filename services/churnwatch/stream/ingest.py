@@ -44,7 +44,7 @@ from churnwatch.core.events import Event, parse_event
 from churnwatch.core.partitioning import partition_of
 from churnwatch.metrics import Metrics
 from churnwatch.sdk.settings import TopicNames
-from churnwatch.stream.records import Ack, Record, Sink, dead_letter
+from churnwatch.stream.records import Ack, Record, Sink, dead_letter, source_header
 from churnwatch.stream.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -470,6 +470,7 @@ class Ingestor:
                     key,
                     record.value,
                     partition=partition_of(event.customer_id, partitions),
+                    headers=(source_header(record.topic, record.partition, record.offset),),
                     timestamp=record.timestamp,
                 )
             )

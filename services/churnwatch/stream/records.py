@@ -153,6 +153,28 @@ class Record:
     """The record's Kafka timestamp in seconds, when it has one."""
     token: object = None
     """What the agent needs to acknowledge the record (the faust event)."""
+    source: tuple[str, int, int] | None = None
+    """For a record of churn.events: the ingest record it was forwarded from (topic,
+    partition, offset), from its `SOURCE_HEADER`; None when it has none."""
+
+
+SOURCE_HEADER = "churnwatch-source"
+"""The header of a record of churn.events that names the ingest record it was forwarded from
+(`topic:partition:offset`): a scorer recognises a record forwarded again (after an ingest crash
+or an offset reset) by it, however far behind the watermark its event is."""
+
+
+def source_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
+    return SOURCE_HEADER, f"{topic}:{partition}:{offset}".encode()
+
+
+def parse_source(value: bytes) -> tuple[str, int, int] | None:
+    """The (topic, partition, offset) of a `SOURCE_HEADER` value; None when it is not one."""
+    try:
+        topic, partition, offset = value.decode().rsplit(":", 2)
+        return topic, int(partition), int(offset)
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return None
 
 
 class Sink(Protocol):

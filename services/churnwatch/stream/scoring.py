@@ -202,6 +202,8 @@ class _Run:
     """Each alert with the record that caused it (None: the sweep)."""
     history: list[HistoryPoint] = field(default_factory=list)
     """The chunk's scorings, for the customers' score histories (the at-risk API)."""
+    sources: dict[str, int] = field(default_factory=dict)
+    """`PartitionMeta.sources` as of the records done so far."""
     ack: Ack | None = None
     cap: int | None = None
     """No checkpoint after this epoch can exist yet: the epoch of `reported`."""
@@ -310,6 +312,7 @@ class ScoringWorker:
             swept_to=meta.watermark,
             reported=None,
             last_offset=meta.last_offset,
+            sources=dict(meta.sources),
             ack=ack,
         )
         run.report(meta.watermark, self._epoch)
@@ -445,7 +448,7 @@ class ScoringWorker:
         Handle one record. It joins the chunk (`run.records`, `last_offset`) only when done:
         a chunk written while this record waits for a model must not claim it.
         """
-        if item is None:
+        if item is None or self._forwarded_again(run, record):
             self._duplicates.inc()
             self._done(run, record)
             return
@@ -498,9 +501,32 @@ class ScoringWorker:
         self._done(run, record)
 
     @staticmethod
+    def _forwarded_again(run: _Run, record: Record) -> bool:
+        """
+        Whether the record is an ingest record handled before, forwarded again (the ingest
+        crashed between a forward and its commit, or its offsets were reset): a duplicate
+        whatever its event time, never a `too_late` dead letter nor applied twice.
+        """
+        if record.source is None:
+            return False
+        topic, partition, offset = record.source
+        seen = run.sources.get(f"{topic}:{partition}")
+        return seen is not None and offset <= seen
+
+    @staticmethod
     def _done(run: _Run, record: Record) -> None:
         run.records.append(record)
-        run.last_offset = record.offset
+        if run.last_offset is None or record.offset > run.last_offset:
+            # Never back: a record delivered again (a consumer behind the partition's last
+            # handled offset, after a crash or in a new group) would otherwise let the next
+            # batch take the records between it and the old last offset as new.
+            run.last_offset = record.offset
+        if record.source is not None:
+            topic, partition, offset = record.source
+            key = f"{topic}:{partition}"
+            seen = run.sources.get(key)
+            if seen is None or offset > seen:  # never back, as last_offset
+                run.sources[key] = offset
 
     async def _step(
         self, run: _Run, part: _Partition, compute: Callable[[int | None], StepResult]
@@ -680,7 +706,7 @@ class ScoringWorker:
             started = time.perf_counter()
             states = [(run.states[cid], offset) for cid, offset in run.dirty.items()]
             due = {cid: self._due_of(run, cid) for cid in run.dirty}
-            meta = PartitionMeta(run.high_water, run.swept_to, run.last_offset)
+            meta = PartitionMeta(run.high_water, run.swept_to, run.last_offset, run.sources)
             alerts = [
                 StoredAlert(a.customer_id, a.alert_id, a.event_ts, alert_to_json(a))
                 for a, _ in run.alerts
