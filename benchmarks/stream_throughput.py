@@ -122,6 +122,13 @@ class Child:
         fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / _TICKS
 
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (VmHWM of /proc/<pid>/status), MiB."""
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -396,6 +403,8 @@ def backlog(
         "worker_cpu_us_per_event": round(worker_cpu / sent * 1e6),
         "events_per_worker_cpu_s": round(sent / worker_cpu) if worker_cpu else None,
         "learner_cpu_s": round(cpu1["learner"] - cpu0["learner"], 2),
+        "worker_peak_rss_mib": round(worker.peak_rss_mib(), 1),
+        "learner_peak_rss_mib": round(learner.peak_rss_mib(), 1),
         "ingest": {
             "consumed": sum(
                 total(samples, "churnwatch_records_consumed_total", topic=t) for t in ingest
@@ -817,6 +826,10 @@ def report(r: dict[str, Any], command: str) -> str:
         ("worker CPU per event (ingest + scoring)", f"{b['worker_cpu_us_per_event']} us"),
         ("events per worker CPU second", f"{b['events_per_worker_cpu_s']:,}"),
         ("learner CPU over the same window", f"{b['learner_cpu_s']} s"),
+        (
+            "peak resident memory (VmHWM): worker, learner",
+            f"{b['worker_peak_rss_mib']} MiB, {b['learner_peak_rss_mib']} MiB",
+        ),
         ("group join and start-up (not counted)", f"{b['join_and_start_s']} s"),
         ("batches; mean batch wall time", f"{b['batches']:,}; {b['batch_seconds_mean']} s"),
         ("alerts published", f"{b['alerts']:.0f}"),
