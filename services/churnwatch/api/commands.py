@@ -192,9 +192,19 @@ def _export(settings: Any, out: Path) -> None:
         click.echo(f"{len(verdicts)} verdicts -> {out}", err=True)
 
 
+class _PrefixInUse(Exception):
+    pass
+
+
 @click.command("load")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def load(events: Path) -> None:
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Delete everything under the Redis prefix first (without it, a prefix that holds "
+    "anything is refused: a second history would merge into the first).",
+)
+def load(events: Path, replace: bool) -> None:
     """
     Fill Redis from a history (JSONL) without the broker: replay it through the core and
     write what the scoring workers would (states, at-risk orders, score and alert histories,
@@ -206,11 +216,17 @@ def load(events: Path) -> None:
     from churnwatch.store import RedisStore
 
     settings = _settings({})
+    removed = 0
 
     async def run() -> Any:
+        nonlocal removed
         store = RedisStore(settings.redis)
         await store.start()
         try:
+            if replace:
+                removed = await store.clear()
+            elif await store.holds_data():
+                raise _PrefixInUse
             return await load_history(
                 store,
                 read_records(str(events)),
@@ -224,6 +240,16 @@ def load(events: Path) -> None:
         loaded = asyncio.run(run())
     except ChurnwatchError as exc:
         raise click.ClickException(str(exc)) from exc
+    except _PrefixInUse:
+        msg = (
+            f"the Redis prefix {settings.redis.prefix!r} at {settings.redis.address} already "
+            "holds data: loading another history would merge into it (customers' current "
+            "states from one file, histories from the other). Use --replace to delete what is "
+            "there first, or another prefix (CHURNWATCH_REDIS_PREFIX)."
+        )
+        raise click.ClickException(msg) from None
+    if removed:
+        click.echo(f"deleted {removed:,} keys under prefix {settings.redis.prefix!r}", err=True)
     counts = loaded.counts
     click.echo(
         f"loaded {loaded.customers:,} customers ({counts.processed:,} events processed, "

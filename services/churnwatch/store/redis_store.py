@@ -558,6 +558,33 @@ class RedisStore:
         async with self._op("ping") as client:
             await client.ping()
 
+    def _pattern(self) -> str:
+        """SCAN's pattern of every key under the prefix (glob characters in it escaped)."""
+        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.keys.prefix)
+        return f"{escaped}:*"
+
+    async def holds_data(self) -> bool:
+        """Whether any key exists under the prefix (every node of a cluster is scanned)."""
+        async with self._op("holds_data") as client:
+            async for _key in client.scan_iter(match=self._pattern(), count=1000):
+                return True
+        return False
+
+    async def clear(self) -> int:
+        """Delete every key under the prefix (and nothing else); returns how many."""
+        removed = 0
+        async with self._op("clear") as client:
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=self._pattern(), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await self._pipeline(client, [("UNLINK", k) for k in batch])
+                    removed, batch = removed + len(batch), []
+            if batch:
+                await self._pipeline(client, [("UNLINK", k) for k in batch])
+                removed += len(batch)
+        return removed
+
     # -- customers ----------------------------------------------------------------------
     async def load_states(
         self, customer_ids: Iterable[str], *, corrupt: list[CorruptState] | None = None
