@@ -75,6 +75,8 @@ TEST_ENV = {
     "CHURNWATCH_BATCH_WITHIN_SECONDS": "0.05",
     "CHURNWATCH_FETCH_MAX_WAIT_MS": "50",
     "CHURNWATCH_STORE_RETRY_MAX_SECONDS": "0.5",
+    # smaller than a partition's customers (about 130): the state cache both hits and evicts
+    "CHURNWATCH_STATE_CACHE_CUSTOMERS": "50",
     "CHURNWATCH_LOG_LEVEL": "info",
 }
 

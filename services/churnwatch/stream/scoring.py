@@ -34,6 +34,7 @@ import hashlib
 import heapq
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -175,6 +176,9 @@ class _Partition:
     """The last watermark record sent, and when (monotonic)."""
     gap_seek: tuple[int, float] | None = None
     """The offset we sought back to after a gap in the records, and when (monotonic)."""
+    cache: OrderedDict[str, tuple[CustomerState, int | None]] = field(default_factory=OrderedDict)
+    """Customer states as Redis holds them, with their applied offset on this partition:
+    read from Redis, or written by a batch that succeeded (least recently used first)."""
 
 
 @dataclass(slots=True)
@@ -265,12 +269,30 @@ class ScoringWorker:
 
     def after_store_outage(self, partition: int) -> None:
         """A batch of the partition failed on Redis and is tried again: what its attempt may
-        have written to the outbox and not produced is produced first."""
-        self._part(partition).recovered_in = -1
+        have written to the outbox and not produced is produced first, and every state is read
+        again (a write whose reply was lost may have been applied)."""
+        part = self._part(partition)
+        part.recovered_in = -1
+        part.cache.clear()
 
     def on_assigned(self) -> None:
-        """Partitions were (re)assigned: recover every partition's outbox before its next use."""
+        """Partitions were (re)assigned: recover every partition's outbox before its next use,
+        and read every state from Redis again (another worker may have written them since)."""
         self.assignments += 1
+        for part in self._parts.values():
+            part.cache.clear()
+
+    def _remember(
+        self, part: _Partition, customer_id: str, state: CustomerState, applied: int | None
+    ) -> None:
+        limit = self.settings.state_cache_customers
+        if limit <= 0:
+            return
+        cache = part.cache
+        cache[customer_id] = (state, applied)
+        cache.move_to_end(customer_id)
+        while len(cache) > limit:
+            cache.popitem(last=False)
 
     # -- outbox -------------------------------------------------------------------------
     async def _ensure_recovered(self, partition: int, part: _Partition) -> None:
@@ -423,13 +445,28 @@ class ScoringWorker:
             bound = max(tops) - self._lateness
             candidates = await self.store.due_customers(run.partition, bound, limit=_DUE_LIMIT)
         wanted = dict.fromkeys([*(e.customer_id for e in events), *candidates])
+        part = self._part(run.partition)
+        cache = part.cache
         corrupt: list[CorruptState] = []
-        loaded = await self.store.load_states(wanted, corrupt=corrupt)
+        # The hits are taken before anything is remembered: remembering evicts.
+        hits = {cid: cache[cid] for cid in wanted if cid in cache}
+        missing = [cid for cid in wanted if cid not in hits]
+        loaded = await self.store.load_states(missing, corrupt=corrupt) if missing else {}
         for bad in corrupt:
             self._dead_letter_state(run, bad)
-        for customer_id, (state, offsets) in loaded.items():
+        for customer_id in wanted:
+            hit = hits.get(customer_id)
+            if hit is not None:
+                if customer_id in cache:
+                    cache.move_to_end(customer_id)
+                state, applied = hit
+            elif customer_id in loaded:
+                state, offsets = loaded[customer_id]
+                applied = offsets.get(run.partition)
+                self._remember(part, customer_id, state, applied)
+            else:
+                continue
             run.states[customer_id] = state
-            applied = offsets.get(run.partition)
             if applied is not None:
                 run.applied[customer_id] = applied
         for customer_id in candidates:
@@ -723,6 +760,12 @@ class ScoringWorker:
                     segments=self.segments,
                 )
             )
+            for cid, offset in run.dirty.items():
+                # Written: the cache holds what Redis now holds.
+                if offset is None:
+                    cached = part.cache.get(cid)
+                    offset = cached[1] if cached is not None else run.applied.get(cid)
+                self._remember(part, cid, run.states[cid], offset)
             written = time.perf_counter()
             if run.outbox:
                 await self._produce(run.partition, run.outbox)

@@ -135,6 +135,13 @@ class WorkerSettings(StreamSettings):
         "a partition moving to another worker sends none meanwhile.",
     )
     model_poll_seconds: float = Field(default=0.05, gt=0)
+    state_cache_customers: int = Field(
+        default=5000,
+        ge=0,
+        description="Customer states each owned partition keeps in memory between batches, "
+        "as written to Redis (least recently used out first; 0: none). A batch reads only the "
+        "others from Redis; after an assignment or a Redis outage all are read again.",
+    )
     ingest_idle_seconds: float = Field(
         default=10.0,
         ge=0,
