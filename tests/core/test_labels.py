@@ -34,6 +34,24 @@ def test_activity_within_horizon_resolves_samples_negative() -> None:
     assert [(T0, False)] == [(e.taken_at, e.churned) for e in examples]
 
 
+def test_a_negative_is_released_when_its_window_closes() -> None:
+    """
+    A negative is known at the activity, but its `resolved_at` (when the learner may learn it)
+    is the end of its window, where a positive of the same snapshot would resolve: the learner
+    never holds a window's negatives without its positives. A positive found by an activity
+    after its window resolves at that activity.
+    """
+    early = T0 + timedelta(days=3)
+    _, (negative,) = resolve_on_activity("c", (snap(0),), at=early, horizon=H)
+    assert (False, T0 + H) == (negative.churned, negative.resolved_at)
+    own = Snapshot(T0, "sample", X, timedelta(days=90))
+    _, (negative,) = resolve_on_activity("c", (own,), at=early, horizon=H)
+    assert T0 + timedelta(days=90) == negative.resolved_at
+    late = T0 + timedelta(days=40)
+    _, (positive,) = resolve_on_activity("c", (snap(0),), at=late, horizon=H)
+    assert (True, late) == (positive.churned, positive.resolved_at)
+
+
 def test_event_candidates_resolving_negative_are_dropped() -> None:
     """
     The candidate at the latest event is not learned when the customer comes back in time.

@@ -18,12 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from churnwatch.cli import main
-from churnwatch.core.engine import Policy
-from churnwatch.core.rules import default_rules
+from churnwatch.core.engine import EngineConfig, Policy
+from churnwatch.core.rules import default_rules, parse_rules
 from churnwatch.replay.backtest import CustomerScore, regime_note, replay_as_of, score_all
 from churnwatch.replay.cdnow import churned_after, events, purchases
 from churnwatch.replay.evaluation import roc_auc
 
+ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = 6000
 """The first 6,000 of CDNOW's 23,570 customers (their 17,954 purchases)."""
 
@@ -104,3 +105,27 @@ def test_score_says_once_which_history_it_saw_and_its_horizon(tmp_path: Path) ->
     assert "learned from" in lines[0]
     customers = len({p.customer_id for p in history if p.at <= cut})
     assert customers + 1 == len(out.read_text().splitlines())
+
+
+def test_a_long_fixed_horizon_early_in_the_history_still_ranks() -> None:
+    """
+    With the label horizon fixed at 90 days (a rules file's `labels.horizon_days`), scored after
+    the first six months, half of them inside the last horizon: the score still ranks churners
+    above recency. When the negatives of the last 90 days were learned as they came back and
+    their positives were not known yet, the ranking came out inverted (ROC AUC 0.39 on the whole
+    of CDNOW): the learner must learn a window's snapshots together.
+    """
+    history = purchases(CUSTOMERS)
+    cut = datetime(1997, 6, 30, 23, 59, 59, tzinfo=UTC)
+    records = events(history, cut)
+    text = (ROOT / "rules/default.yaml").read_text() + "\nlabels:\n  horizon_days: 90\n"
+    policy = Policy.build(parse_rules(text, source="fixed.yaml"), EngineConfig())
+    replay = replay_as_of(lambda: records, policy, cut)
+    scores = score_all(replay, cut)
+    churned = churned_after(history, cut)
+    labels = [s.customer_id in churned for s in scores]
+    online = roc_auc(labels, [s.scoring.churn_probability for s in scores])
+    recency = roc_auc(labels, [s.x["days_since_purchase"] for s in scores])
+    assert online is not None
+    assert recency is not None
+    assert online > recency, (online, recency)

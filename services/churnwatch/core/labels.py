@@ -122,6 +122,13 @@ def resolve_on_activity(
         candidate that resolves negative is dropped, not learned: the periodic samples carry
         the negatives, so every churn contributes one positive and every week of activity one
         negative.
+
+        A negative's `resolved_at` is the end of its snapshot's window (`taken_at` + its
+        horizon), not `at`: the learner learns every snapshot when its window closes, whatever
+        its outcome. Learned at `at`, the negatives of the last horizon's snapshots would be
+        learned while their positives are still unknown, and the model would learn that the
+        customers of the last horizon come back (on CDNOW with a 90-day horizon over the first
+        six months the ranking came out inverted, ROC AUC 0.39; see benchmarks/real_data.py).
     """
     keep: list[Snapshot] = []
     examples: list[Example] = []
@@ -129,9 +136,12 @@ def resolve_on_activity(
         if snap.taken_at >= at:
             keep.append(snap)
             continue
-        churned = at - snap.taken_at > horizon_of(snap, horizon, gap_multiple)
+        window = horizon_of(snap, horizon, gap_multiple)
+        churned = at - snap.taken_at > window
         if churned or snap.kind != "event":
-            examples.append(Example(customer_id, snap.taken_at, at, snap.x, churned))
+            # A negative is known at `at`, and released when its window closes.
+            released = at if churned else snap.taken_at + window
+            examples.append(Example(customer_id, snap.taken_at, released, snap.x, churned))
     return tuple(keep), examples
 
 

@@ -361,11 +361,27 @@ def sweep_rules(
         recomputed = {(a.customer_id, a.at) for a in at_current}
         room = budget.per_week - other_total
         choice, feasible = _solve(curves, room, counted)
-        proposed = {s: curves[s][i].threshold for s, i in choice.items()}
-        for s in segments:
-            proposed.setdefault(s, rule.threshold_for(s))
-        proposed[CATCH_ALL_SEGMENT] = rule.thresholds[CATCH_ALL_SEGMENT]
-        check = point("all", float("nan"), simulate_rule(trajectories, rule, proposed, rules))
+
+        def propose(choice: Mapping[str, int]) -> tuple[dict[str, float], SweepPoint]:
+            proposed = {s: curves[s][i].threshold for s, i in choice.items()}  # noqa: B023
+            for s in segments:
+                proposed.setdefault(s, rule.threshold_for(s))  # noqa: B023
+            proposed[CATCH_ALL_SEGMENT] = rule.thresholds[CATCH_ALL_SEGMENT]  # noqa: B023
+            alerts = simulate_rule(trajectories, rule, proposed, rules)  # noqa: B023
+            return proposed, point("all", float("nan"), alerts)
+
+        proposed, check = propose(choice)
+        # The segments' curves were solved one by one; recomputed together (a customer that
+        # changes segment, one cooldown across segments) the volume can come out higher. Step
+        # the segment with the most budgeted alerts down until the recomputation fits.
+        while feasible and counted and check.budget_per_week > room:
+            raised = [s for s, i in choice.items() if i > 0]
+            if not raised:
+                feasible = False
+                break
+            top = max(raised, key=lambda s: (curves[s][choice[s]].budget_per_week, s))
+            choice = {**choice, top: choice[top] - 1}
+            proposed, check = propose(choice)
         if not counted:
             note = (
                 f"none of {rule.name}'s alerts count against the budget (routed to email): "
