@@ -299,7 +299,7 @@ def replay(
             )
 
     count = partitions or settings.partitions
-    source = "--partitions" if partitions else "CHURNWATCH_PARTITIONS or its default"
+    source = "--partitions" if partitions else "CHURNWATCH_KAFKA_PARTITIONS, as the workers"
     click.echo(f"replaying with {count} partition{'s' if count != 1 else ''} ({source})", err=True)
     engine = Replay(policy, partitions=count, on_alert=on_alert, on_dead_letter=on_dead)
     try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnwatch.core.engine import EngineConfig, Policy
 from churnwatch.core.model import ModelConfig
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.core.rules import RulesFile, default_rules, load_rules
 
 
@@ -49,7 +50,14 @@ class CoreSettings(BaseSettings):
     model_epoch_hours: float = Field(default=24.0, gt=0)
     model_seed: int = 42
     partitions: int = Field(
-        default=1, ge=1, description="Partitions per topic (replay mirrors them)."
+        default=DEFAULT_PARTITIONS,
+        ge=1,
+        validation_alias=AliasChoices(
+            "CHURNWATCH_KAFKA_PARTITIONS", "CHURNWATCH_PARTITIONS", "partitions"
+        ),
+        description="Partitions of every topic, the workers' setting: a replay mirrors them, "
+        "because the watermarks, and so the result, are per partition "
+        "(CHURNWATCH_PARTITIONS is an older name of the same setting).",
     )
 
     def to_engine_config(self) -> EngineConfig:

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from churnwatch.cli import main
+from churnwatch.core.engine import Policy
+from churnwatch.core.rules import default_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,7 +193,46 @@ def test_replay_says_its_partition_count_and_numbers_dead_letters_by_line(
     (letter,) = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
     assert (1, 2) == (letter["position"], letter["line"])
     result = CliRunner().invoke(main, args)
-    assert "replaying with 1 partition (CHURNWATCH_PARTITIONS or its default)" in result.output
+    assert "replaying with 6 partitions (CHURNWATCH_KAFKA_PARTITIONS, as the workers)" in (
+        result.output
+    )
+    result = CliRunner().invoke(main, args, env={"CHURNWATCH_KAFKA_PARTITIONS": "4"})
+    assert "replaying with 4 partitions (CHURNWATCH_KAFKA_PARTITIONS, as the workers)" in (
+        result.output
+    )
+
+
+def test_one_partition_count_for_the_topics_the_workers_the_api_and_the_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The replay's result depends on the partition count (a watermark per partition), so the
+    replay, the topics, the workers, the API and the notifier read one setting with one
+    default: CHURNWATCH_KAFKA_PARTITIONS, 6 (CHURNWATCH_PARTITIONS is an older name of it).
+    """
+    from churnwatch.api.settings import ApiSettings
+    from churnwatch.core.partitioning import DEFAULT_PARTITIONS
+    from churnwatch.notify.settings import NotifySettings
+    from churnwatch.replay.engine import Replay
+    from churnwatch.sdk.settings import KafkaSettings
+    from churnwatch.settings import CoreSettings
+    from churnwatch.stream.settings import WorkerSettings
+
+    def counts() -> list[int]:
+        return [
+            CoreSettings().partitions,
+            KafkaSettings().partitions,
+            ApiSettings().topic_partitions,
+            NotifySettings().kafka.partitions,
+            WorkerSettings().partitions_count,
+        ]
+
+    for name in ("CHURNWATCH_KAFKA_PARTITIONS", "CHURNWATCH_PARTITIONS"):
+        monkeypatch.delenv(name, raising=False)
+    assert [DEFAULT_PARTITIONS] * 5 == counts()
+    assert DEFAULT_PARTITIONS == Replay(Policy.build(default_rules())).partitions
+    monkeypatch.setenv("CHURNWATCH_KAFKA_PARTITIONS", "3")
+    assert [3] * 5 == counts()
 
 
 def test_simulate_needs_a_destination() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
 from churnwatch.settings import CoreSettings
 from churnwatch.store.settings import StoreSettings
@@ -33,7 +34,7 @@ class ApiSettings(CoreSettings):
         description="Port of the API, the web page and /metrics (0: any free port).",
     )
     topic_partitions: int = Field(
-        default=6,
+        default=DEFAULT_PARTITIONS,
         ge=1,
         validation_alias=AliasChoices("CHURNWATCH_KAFKA_PARTITIONS", "topic_partitions"),
         description="Partitions of churn.events: the at-risk list merges one order per partition.",

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
+DEFAULT_PARTITIONS: Final = 6
+"""Partitions of every topic unless `CHURNWATCH_KAFKA_PARTITIONS` says otherwise: the one default
+of the workers, the topics, the API and the replay (whose result depends on the count)."""
+
 _M: Final = 0x5BD1E995
 _SEED: Final = 0x9747B28C
 _MASK: Final = 0xFFFFFFFF

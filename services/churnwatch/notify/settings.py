@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnwatch.core.alerts import AlertSeverity
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -58,7 +59,9 @@ class NotifyKafkaSettings(BaseSettings):
     ssl_cafile: Path | None = None
     client_id: str = "churnwatch-notify"
     request_timeout_ms: int = Field(default=30_000, gt=0)
-    partitions: int = Field(default=6, ge=1, description="Partitions when a topic is created.")
+    partitions: int = Field(
+        default=DEFAULT_PARTITIONS, ge=1, description="Partitions when a topic is created."
+    )
     replication_factor: int = Field(default=1, ge=1)
     topic_prefix: str = ""
     topic_alerts: str = "churn.alerts"

@@ -48,7 +48,7 @@ from churnwatch.core.events import format_ts, parse_event
 from churnwatch.core.features import FEATURE_NAMES
 from churnwatch.core.feedback import FeedbackTally, RuleFeedback, VerdictRecord
 from churnwatch.core.model import Scorer, model_weight
-from churnwatch.core.partitioning import partition_of
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS, partition_of
 from churnwatch.core.state import CustomerState
 from churnwatch.replay.baselines import BatchOutcome, RankingMeasures, fit_batch, measure, prepare
 from churnwatch.replay.engine import Counts, Replay, read_records
@@ -309,7 +309,7 @@ def replay_as_of(
     policy: Policy,
     as_of: datetime,
     *,
-    partitions: int = 1,
+    partitions: int = DEFAULT_PARTITIONS,
     progress: Callable[[int], None] | None = None,
 ) -> Replay:
     """
@@ -884,7 +884,7 @@ def run_backtest(
     *,
     labels: Labels | None = None,
     cutoff_at: datetime | None = None,
-    partitions: int = 1,
+    partitions: int = DEFAULT_PARTITIONS,
     alerts_out: IO[bytes] | None = None,
     budget: Budget | None = None,
     rules_text: str = "",

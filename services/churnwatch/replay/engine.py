@@ -29,7 +29,7 @@ from churnwatch.core.events import EPOCH, Event, parse_event
 from churnwatch.core.labels import Example
 from churnwatch.core.learning import Curriculum, boundary, scoring_epoch
 from churnwatch.core.model import ProgressiveValidation, Scorer, blend
-from churnwatch.core.partitioning import partition_of
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS, partition_of
 from churnwatch.core.state import CustomerState
 
 _CHECKPOINTS_KEPT = 8
@@ -108,7 +108,7 @@ class Replay:
         self,
         policy: Policy,
         *,
-        partitions: int = 1,
+        partitions: int = DEFAULT_PARTITIONS,
         scorer: Scorer | None = None,
         learn: bool = True,
         on_alert: Callable[[AlertRecord], None] | None = None,

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from churnwatch.core.events import EVENT_TYPES, EventType
+from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -98,7 +99,9 @@ class KafkaSettings(BaseSettings):
     client_id: str = "churnwatch"
     request_timeout_ms: int = Field(default=30_000, gt=0)
 
-    partitions: int = Field(default=6, ge=1, description="Partitions of every topic (P).")
+    partitions: int = Field(
+        default=DEFAULT_PARTITIONS, ge=1, description="Partitions of every topic (P)."
+    )
     replication_factor: int = Field(default=1, ge=1)
 
     linger_ms: int = Field(
