@@ -280,3 +280,36 @@ def test_redis_going_away_gives_503_and_unhealthy(tmp_path: Path) -> None:
         if site is not None and site.server is not None:
             site.call(site.server.stop())
             site.loop.call_soon_threadsafe(site.loop.stop)
+
+
+def test_alert_ids_are_listed_and_a_verdict_can_name_customer_and_rule(api_site: Any) -> None:
+    """
+    `at-risk --alerts` shows the ids of each listed customer's open alerts (the ones
+    `feedback ALERT_ID VERDICT` takes); `feedback --customer C --rule R VERDICT` gives the
+    verdict to the customer's newest alert of that rule, and a rule it has no alert of is a
+    one-line error naming the rules it has. (Last in the file: the verdicts it gives would
+    count in the export test above.)
+    """
+    customer_id = api_site.expected_order[0]
+    older = api_site.add_alert(customer_id, rule="probe_rule")
+    newer = api_site.add_alert(customer_id, rule="probe_rule")
+    listed = _cli(api_site, "at-risk", "--alerts", "--limit", "3")
+    assert 0 == listed.returncode, listed.stderr
+    assert f"probe_rule: {newer}" in listed.stdout
+    assert f"probe_rule: {older}" in listed.stdout
+    given = _cli(api_site, "feedback", "--customer", customer_id, "--rule", "probe_rule", "saved")
+    assert 0 == given.returncode, given.stderr
+    assert f"{newer}: saved" in given.stdout
+    assert "saved" == api_site.get_json(f"/api/v1/alerts/{newer}")["verdict"]["verdict"]
+    assert api_site.get_json(f"/api/v1/alerts/{older}")["verdict"] is None
+    relisted = _cli(api_site, "at-risk", "--alerts", "--limit", "3")
+    assert newer not in relisted.stdout  # judged: no longer open
+    assert older in relisted.stdout
+    wrong = _cli(api_site, "feedback", "--customer", customer_id, "--rule", "nope", "saved")
+    assert 2 == wrong.returncode
+    assert "has no 'nope' alert" in wrong.stderr
+    assert "probe_rule" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    half = _cli(api_site, "feedback", "--customer", customer_id, "saved")
+    assert 2 == half.returncode
+    assert "--customer and --rule go together" in half.stderr

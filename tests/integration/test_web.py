@@ -183,6 +183,11 @@ def test_page_lists_at_risk_opens_chart_and_reasons_and_shows_new_alerts(
     expect(view.get_by_test_id("alert")).to_have_count(len(alerts))
     shown = [item.get_attribute("data-alert-id") for item in view.get_by_test_id("alert").all()]
     assert [a["alert_id"] for a in alerts] == shown
+    # The id is shown (for `churnwatch feedback ALERT_ID VERDICT`), not only in an attribute.
+    texts = [
+        item.get_by_test_id("alert-id").inner_text() for item in view.get_by_test_id("alert").all()
+    ]
+    assert [a["alert_id"] for a in alerts] == texts
     assert_not_reloaded(page)
     assert [] == script_errors
 

@@ -92,7 +92,16 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of a table.")
-def at_risk(segment: str | None, sort: str, limit: int, offset: int, as_json: bool) -> None:
+@click.option(
+    "--alerts",
+    "show_alerts",
+    is_flag=True,
+    help="A column with the ids of each customer's open alerts (no verdict yet), for "
+    "`churnwatch feedback ALERT_ID VERDICT`.",
+)
+def at_risk(
+    segment: str | None, sort: str, limit: int, offset: int, as_json: bool, show_alerts: bool
+) -> None:
     """The riskiest customers, as the API lists them (reads Redis)."""
     from churnwatch.api.views import parse_list_query
 
@@ -117,10 +126,12 @@ def at_risk(segment: str | None, sort: str, limit: int, offset: int, as_json: bo
     table = Table(title=f"at risk ({page['total']} customers, by {sort})")
     for column in ("customer", "segment", "risk", "score", "change", "top reason", "open"):
         table.add_column(column)
+    if show_alerts:
+        table.add_column("open alerts (rule: id)", overflow="fold")
     for item in page["items"]:
         change = item["change"]
         reasons = item["top_reasons"]
-        table.add_row(
+        row = [
             item["customer_id"],
             item["segment"],
             f"{item['churn_probability']:.2f}",
@@ -128,8 +139,11 @@ def at_risk(segment: str | None, sort: str, limit: int, offset: int, as_json: bo
             "" if change is None else f"{change:+.2f}",
             reasons[0]["text"] if reasons else "",
             str(len(item["open_alerts"])),
-        )
-    Console().print(table)
+        ]
+        if show_alerts:
+            row.append("\n".join(f"{a['rule']}: {a['alert_id']}" for a in item["open_alerts"]))
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @click.command("feedback")
@@ -145,26 +159,55 @@ def at_risk(segment: str | None, sort: str, limit: int, offset: int, as_json: bo
     help="Instead: write every stored verdict as JSONL to this file ('-': standard output); "
     "`backtest --verdicts` reads it.",
 )
+@click.option(
+    "--customer",
+    default=None,
+    help="Name the alert by its customer and --rule instead of its id: the customer's newest "
+    "alert of that rule (`churnwatch feedback --customer C --rule R VERDICT`).",
+)
+@click.option("--rule", default=None, help="With --customer: the rule of the alert.")
 def feedback(
-    alert_id: str | None, verdict: str | None, by: str, note: str, export: Path | None
+    alert_id: str | None,
+    verdict: str | None,
+    by: str,
+    note: str,
+    export: Path | None,
+    customer: str | None,
+    rule: str | None,
 ) -> None:
     """
     Give a verdict on an alert: `churnwatch feedback ALERT_ID VERDICT`, VERDICT one of useful,
     false_alarm, saved, lost (one per alert: a new one replaces it, the same one is a no-op).
+    The ids are in `churnwatch at-risk --alerts` and on the customer's page; or name the alert
+    with `--customer C --rule R VERDICT`.
     """
     settings = _settings({})
     if export is not None:
-        if alert_id is not None:
-            msg = "--export takes no ALERT_ID or VERDICT"
+        if alert_id is not None or customer is not None:
+            msg = "--export takes no ALERT_ID, VERDICT or --customer"
             raise click.UsageError(msg)
         _export(settings, export)
         return
-    if alert_id is None or verdict is None:
-        msg = "expected ALERT_ID VERDICT (or --export FILE)"
+    if (customer is None) != (rule is None):
+        msg = "--customer and --rule go together (the customer's newest alert of that rule)"
+        raise click.UsageError(msg)
+    if customer is not None:
+        if verdict is not None:
+            msg = "with --customer and --rule, give only the VERDICT"
+            raise click.UsageError(msg)
+        verdict, alert_id = alert_id, None
+        if verdict is None:
+            msg = "expected --customer C --rule R VERDICT"
+            raise click.UsageError(msg)
+    elif alert_id is None or verdict is None:
+        msg = "expected ALERT_ID VERDICT, --customer C --rule R VERDICT, or --export FILE"
         raise click.UsageError(msg)
 
     async def work(views: Any) -> Any:
-        return await views.give_verdict(alert_id, verdict, by=by, note=note)
+        chosen = alert_id
+        if chosen is None:
+            chosen = await views.latest_alert_id(customer, rule)
+        return await views.give_verdict(chosen, verdict, by=by, note=note)
 
     result = _with_views(settings, work)
     if result["changed"]:

@@ -266,6 +266,27 @@ class Views:
         raise NotFoundError(parameter="alert_id", message=msg)
 
     # -- the one write --------------------------------------------------------------------
+    async def latest_alert_id(self, customer_id: str, rule: str) -> str:
+        """
+        The id of the customer's newest alert of `rule`: a verdict can name the alert by the
+        customer and the rule instead of its id.
+
+        Raises:
+            NotFoundError: no such customer, or none of its alerts is of that rule (the message
+                names the rules it has alerts of).
+        """
+        raw = await self.store.customer_alerts(customer_id)
+        alerts = [orjson.loads(item) for item in raw]
+        for alert in alerts:  # newest first
+            if alert["rule"] == rule:
+                return str(alert["alert_id"])
+        if not alerts:
+            msg = f"customer_id: customer {customer_id!r} has no alerts in the store"
+            raise NotFoundError(parameter="customer_id", message=msg)
+        rules = ", ".join(sorted({a["rule"] for a in alerts}))
+        msg = f"rule: customer {customer_id!r} has no {rule!r} alert (its alerts: {rules})"
+        raise NotFoundError(parameter="rule", message=msg)
+
     async def give_verdict(
         self, alert_id: str, verdict: object, *, by: str = "", note: str = ""
     ) -> dict[str, Any]:

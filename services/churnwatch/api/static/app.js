@@ -470,6 +470,13 @@ function alertItem(alert, index) {
     h("p", { "data-testid": "alert-summary" }, alert.summary || ""),
     h(
       "p",
+      { class: "meta" },
+      "Alert id ",
+      // Selected whole by one click, for `churnwatch feedback ALERT_ID VERDICT`.
+      h("code", { class: "alert-id", "data-testid": "alert-id", title: "churnwatch feedback ALERT_ID VERDICT" }, alert.alert_id),
+    ),
+    h(
+      "p",
       { class: "verdict" },
       "Verdict: ",
       h(
