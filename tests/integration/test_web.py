@@ -154,6 +154,16 @@ def test_page_lists_at_risk_opens_chart_and_reasons_and_shows_new_alerts(
     listed = api_site.get_json(f"/api/v1/at-risk?limit={PAGE_SIZE}")["items"][0]
     assert customer_id == listed["customer_id"]
     expect(open_alerts).to_have_text(str(len(listed["open_alerts"])))
+    # One unit everywhere: risk and its change as `churnwatch at-risk` and the summaries write
+    # them (a probability with two decimals, the change signed).
+    expect(row.get_by_test_id("risk")).to_have_text(f"{listed['churn_probability']:.2f}")
+    items = api_site.get_json(f"/api/v1/at-risk?limit={PAGE_SIZE}")["items"]
+    changed = [item for item in items if item["change"] is not None]
+    assert changed, "no listed customer has a change to show"
+    other = page.locator(
+        f'[data-testid="at-risk-row"][data-customer-id="{changed[0]["customer_id"]}"]'
+    )
+    expect(other.get_by_test_id("change")).to_have_text(f"{changed[0]['change']:+.2f}")
     api_site.add_alert(customer_id)
     expect(open_alerts).to_have_text(str(len(listed["open_alerts"]) + 1))
 

@@ -80,15 +80,14 @@ function build(node, attrs, children) {
 }
 
 const percent = (p) => (typeof p === "number" ? `${Math.round(p * 100)}%` : "—");
+// Risk as the CLI, the alerts' summaries and the emails write it: a probability, two decimals.
+const risk = (p) => (typeof p === "number" ? p.toFixed(2) : "—");
 const score = (s) => (typeof s === "number" ? s.toFixed(0) : "—");
 
-/** A change in probability as signed points: 0.18 -> "+18 pts", -0.05 -> "-5 pts". */
+/** A change in probability, signed, two decimals, as the CLI and the summaries: 0.18 -> "+0.18". */
 function changeText(change) {
   if (typeof change !== "number") return "—";
-  const pts = Math.round(change * 100);
-  if (pts > 0) return `+${pts} pts`;
-  if (pts < 0) return `-${Math.abs(pts)} pts`;
-  return "0 pts";
+  return `${change < 0 ? "-" : "+"}${Math.abs(change).toFixed(2)}`;
 }
 
 const changeClass = (change) =>
@@ -327,7 +326,7 @@ function rowFor(item) {
     { "data-testid": "at-risk-row", "data-customer-id": id },
     h("th", { scope: "row" }, h("a", { href: customerHash(id), "data-focus-key": `row:${id}` }, id)),
     h("td", { "data-testid": "segment" }, item.segment),
-    h("td", { class: "num", "data-testid": "risk" }, percent(item.churn_probability)),
+    h("td", { class: "num", "data-testid": "risk" }, risk(item.churn_probability)),
     h("td", { class: "num", "data-testid": "score" }, score(item.engagement_score)),
     h(
       "td",
@@ -396,7 +395,7 @@ function renderCustomer(c) {
       "dl",
       { class: "facts", "data-testid": "customer-facts" },
       fact("Segment", "segment", c.segment),
-      fact("Risk of churn", "risk", percent(c.churn_probability)),
+      fact("Risk of churn", "risk", risk(c.churn_probability)),
       fact("Engagement score", "score", `${score(c.engagement_score)} / 100`),
       fact("Change", "change", changeText(c.change)),
       fact("Last scored", "scored-at", timeEl(c.scored_at)),
@@ -464,7 +463,7 @@ function alertItem(alert, index) {
       "p",
       { class: "meta" },
       h("span", { "data-testid": "alert-time" }, timeEl(alert.event_ts)),
-      ` · risk ${percent(alert.churn_probability)} · score ${score(alert.score)}`,
+      ` · risk ${risk(alert.churn_probability)} · score ${score(alert.score)}`,
       alert.action ? ` · action: ${alert.action.replace("_", " ")}` : "",
     ),
     h("p", { "data-testid": "alert-summary" }, alert.summary || ""),
@@ -589,7 +588,7 @@ function chart(history) {
   const last = history[history.length - 1];
   const description = history.length
     ? `${history.length} scores from ${formatTime(history[0].at)} to ${formatTime(last.at)}; ` +
-      `the latest risk is ${percent(last.churn_probability)}.`
+      `the latest risk is ${risk(last.churn_probability)}.`
     : "No scores yet.";
 
   const yTicks = [0, 0.25, 0.5, 0.75, 1].map((p) =>
@@ -702,7 +701,7 @@ function historyTable(history) {
             "tr",
             {},
             h("td", {}, timeEl(point.at)),
-            h("td", { class: "num" }, percent(point.churn_probability)),
+            h("td", { class: "num" }, risk(point.churn_probability)),
             h("td", { class: "num" }, score(point.engagement_score)),
           ),
         ),
