@@ -5,6 +5,7 @@ the rules comparison and the report files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -514,3 +515,40 @@ def test_a_backtest_says_which_history_it_saw_and_which_horizon_it_used(
     fixed_notes = bt.run_backtest(lambda: purchases, fixed).notes
     (note,) = [n for n in fixed_notes if n.startswith("History")]
     assert "label horizon 45 days, fixed" in note
+
+
+def test_auc_noise_is_hanley_and_mcneil_and_shrinks_with_the_sample() -> None:
+    """
+    The standard error of an AUC: 0.0409 for AUC 0.5 on 100 churners and 100 stayers (Hanley
+    and McNeil's formula by hand), a quarter of it on 16 times the sample; none without both.
+    """
+    small = bt.auc_noise(0.5, 100, 100)
+    assert small is not None
+    assert abs(small - math.sqrt(16.75 / 10_000)) < 1e-12
+    large = bt.auc_noise(0.5, 1600, 1600)
+    assert large is not None
+    assert 0.24 < large / small < 0.26
+    assert bt.auc_noise(0.7, 0, 10) is None
+
+
+def test_a_missed_bar_comes_with_the_noise_of_the_history(labelled: bt.BacktestResult) -> None:
+    """
+    Where a quality bar is missed, the printed report says how well an AUC is known with that
+    many churners, so a miss on a small history reads as what it is.
+    """
+    from rich.console import Console
+
+    from churnwatch.replay.report import render_terminal
+
+    failed = dataclasses.replace(
+        labelled, bars=(bt.Bar("online model AUC above the recency baseline", False, "x"),)
+    )
+    console = Console(record=True, width=200)
+    render_terminal(console, failed)
+    text = console.export_text()
+    assert "FAIL online model AUC above the recency baseline" in text
+    assert f"with {labelled.ranking.positives:,} churners among" in text
+    assert "within the noise of a history this size" in text
+    console = Console(record=True, width=200)
+    render_terminal(console, dataclasses.replace(labelled, bars=()))
+    assert "within the noise" not in console.export_text()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import time
 from array import array
 from collections import Counter
@@ -760,6 +761,22 @@ def _ranking(
         definition=definition,
         window_beyond_history_days=beyond,
     )
+
+
+def auc_noise(auc: float, positives: int, negatives: int) -> float | None:
+    """
+    The standard error of a ROC AUC measured on `positives` churners and `negatives` stayers
+    (Hanley and McNeil, 1982), or None without both: how far apart two AUCs of one ranking can
+    be by the luck of the sample alone.
+    """
+    if positives < 1 or negatives < 1 or not 0.0 <= auc <= 1.0:
+        return None
+    q1 = auc / (2.0 - auc)
+    q2 = 2.0 * auc * auc / (1.0 + auc)
+    var = (
+        auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
 
 
 def quality_bars(ranking: Ranking) -> tuple[Bar, ...]:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from churnwatch.core.events import format_ts
 from churnwatch.core.feedback import VERDICTS, RuleFeedback
-from churnwatch.replay.backtest import SCORE_BINS, BacktestResult, write_scores
+from churnwatch.replay.backtest import SCORE_BINS, BacktestResult, auc_noise, write_scores
 from churnwatch.replay.baselines import TOP_SHARES, RankingMeasures
 from churnwatch.replay.evaluation import Evaluation
 from churnwatch.replay.sweep import RuleSweep, SweepPoint
@@ -292,6 +292,13 @@ def render_terminal(console: Console, result: BacktestResult) -> None:
     for bar in r.bars:
         mark = {True: "[green]pass[/green]", False: "[red]FAIL[/red]", None: "[yellow]n/a[/yellow]"}
         console.print(f"  {mark[bar.passed]} {bar.name}: {bar.detail}")
+    noise = _bar_noise(r)
+    if noise is not None and any(bar.passed is False for bar in r.bars):
+        console.print(
+            f"  (with {r.ranking.positives:,} churners among {r.ranking.population:,} customers "
+            f"an AUC is known to about +-{2 * noise:.3f}: a bar missed by less is within the "
+            "noise of a history this size; benchmarks/backtest_quality.py judges 20,000)"
+        )
 
     ev = r.alerts.evaluation
     alerts = Table(title="Alerts", header_style="bold")
@@ -1002,3 +1009,12 @@ def write_report(result: BacktestResult, directory: Path) -> list[Path]:
             path.write_text(result.sweep.patch_diff, encoding="utf-8")
             written.append(path)
     return written
+
+
+def _bar_noise(r: BacktestResult) -> float | None:
+    """The standard error of the online model's AUC at the cut-off, where it was measured."""
+    online = r.ranking.get("online_model")
+    if online is None or online.roc_auc is None:
+        return None
+    positives = r.ranking.positives
+    return auc_noise(online.roc_auc, positives, r.ranking.population - positives)
