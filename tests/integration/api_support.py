@@ -94,6 +94,36 @@ class ApiSite:
         ranked.sort(reverse=True)
         return [cid for _, cid in ranked]
 
+    @property
+    def expected_action_order(self) -> list[str]:
+        """
+        The customers who need action, in score order, computed from the states, the rules and
+        the stored alerts (not from the API's sets): an engagement score below the highest
+        threshold of the segment's score rules, or one of the newest 20 alerts without a
+        verdict.
+        """
+        rules = self.settings.to_policy().rules
+        states = {
+            cid: s
+            for cid, s in self.states().items()
+            if s.churn_probability is not None and s.cancelled_at is None
+        }
+        alerts = self.call(self.store.alerts_of(list(states), limit=20))
+        ids = [orjson.loads(raw)["alert_id"] for found in alerts.values() for raw in found]
+        judged = self.call(self.store.verdicts(ids))
+        ranked = []
+        for cid, s in states.items():
+            threshold = max(rule.threshold_for(s.segment) for rule in rules.score_rules)
+            assert s.churn_probability is not None
+            below = s.churn_probability > 1.0 - threshold / 100.0
+            unjudged = any(
+                orjson.loads(raw)["alert_id"] not in judged for raw in alerts.get(cid, [])
+            )
+            if below or unjudged:
+                ranked.append((s.churn_probability, cid))
+        ranked.sort(reverse=True)
+        return [cid for _, cid in ranked]
+
     def request(self, method: str, path: str, body: Any = None) -> HttpReply:
         data = None if body is None else orjson.dumps(body)
         request = urllib.request.Request(

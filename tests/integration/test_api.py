@@ -34,13 +34,13 @@ def test_at_risk_list_is_in_order_and_paginates(api_site: Any) -> None:
     seen: list[str] = []
     offset: int | None = 0
     while offset is not None:
-        page = api_site.get_json(f"/api/v1/at-risk?limit={PAGE}&offset={offset}")
+        page = api_site.get_json(f"/api/v1/at-risk?show=all&limit={PAGE}&offset={offset}")
         assert PAGE >= len(page["items"])
         assert len(expected) == page["total"]
         seen += [item["customer_id"] for item in page["items"]]
         offset = page["next_offset"]
     assert expected == seen
-    first = api_site.get_json("/api/v1/at-risk?limit=3")["items"][0]
+    first = api_site.get_json("/api/v1/at-risk?show=all&limit=3")["items"][0]
     assert first["churn_probability"] > 0
     assert first["top_reasons"], first
     assert {"factor", "contribution", "text"} == set(first["top_reasons"][0])
@@ -53,10 +53,10 @@ def test_at_risk_filters_by_segment_and_sorts_by_change(api_site: Any) -> None:
     """
     states = api_site.states()
     segment = states[api_site.expected_order[0]].segment
-    page = api_site.get_json(f"/api/v1/at-risk?segment={segment}&limit=500")
+    page = api_site.get_json(f"/api/v1/at-risk?show=all&segment={segment}&limit=500")
     wanted = [cid for cid in api_site.expected_order if states[cid].segment == segment]
     assert wanted == [item["customer_id"] for item in page["items"]]
-    changes = api_site.get_json("/api/v1/at-risk?sort=change&limit=500")["items"]
+    changes = api_site.get_json("/api/v1/at-risk?show=all&sort=change&limit=500")["items"]
     values = [item["change"] for item in changes]
     assert values == sorted(values, reverse=True)
     assert all(v is not None for v in values)
@@ -197,7 +197,7 @@ def test_cli_feedback_and_at_risk_and_backtest_false_alarm_rate(
     counts = _verdict_lines(api_site.request("GET", "/metrics").body)
     assert 1.0 == counts[(second.rule, "useful")]
     assert 1.0 == counts[(first.rule, "false_alarm")]
-    listed = _cli(api_site, "at-risk", "--json", "--limit", "5")
+    listed = _cli(api_site, "at-risk", "--all", "--json", "--limit", "5")
     assert 0 == listed.returncode, listed.stderr
     order = [item["customer_id"] for item in orjson.loads(listed.stdout)["items"]]
     assert api_site.expected_order[:5] == order
@@ -293,7 +293,7 @@ def test_alert_ids_are_listed_and_a_verdict_can_name_customer_and_rule(api_site:
     customer_id = api_site.expected_order[0]
     older = api_site.add_alert(customer_id, rule="probe_rule")
     newer = api_site.add_alert(customer_id, rule="probe_rule")
-    listed = _cli(api_site, "at-risk", "--alerts", "--limit", "3")
+    listed = _cli(api_site, "at-risk", "--all", "--alerts", "--limit", "3")
     assert 0 == listed.returncode, listed.stderr
     assert f"probe_rule: {newer}" in listed.stdout
     assert f"probe_rule: {older}" in listed.stdout
@@ -302,7 +302,7 @@ def test_alert_ids_are_listed_and_a_verdict_can_name_customer_and_rule(api_site:
     assert f"{newer}: saved" in given.stdout
     assert "saved" == api_site.get_json(f"/api/v1/alerts/{newer}")["verdict"]["verdict"]
     assert api_site.get_json(f"/api/v1/alerts/{older}")["verdict"] is None
-    relisted = _cli(api_site, "at-risk", "--alerts", "--limit", "3")
+    relisted = _cli(api_site, "at-risk", "--all", "--alerts", "--limit", "3")
     assert newer not in relisted.stdout  # judged: no longer open
     assert older in relisted.stdout
     wrong = _cli(api_site, "feedback", "--customer", customer_id, "--rule", "nope", "saved")
@@ -313,3 +313,43 @@ def test_alert_ids_are_listed_and_a_verdict_can_name_customer_and_rule(api_site:
     half = _cli(api_site, "feedback", "--customer", customer_id, "saved")
     assert 2 == half.returncode
     assert "--customer and --rule go together" in half.stderr
+
+
+def test_the_list_holds_who_needs_action_and_says_so(api_site: Any) -> None:
+    """
+    By default the at-risk list holds the customers who need action (an engagement score below
+    their segment's threshold, or an alert without a verdict), in score order, computed here
+    from the states, the rules and the alerts; it says so in words and counts the others. A
+    customer whose only reason to be listed was an open alert leaves the list with its
+    verdict. show=all lists everyone.
+    """
+    expected = api_site.expected_action_order
+    everyone = api_site.expected_order
+    page = api_site.get_json("/api/v1/at-risk?limit=500")
+    assert "action" == page["show"]
+    assert expected == [item["customer_id"] for item in page["items"]]
+    assert (len(expected), len(everyone) - len(expected)) == (page["total"], page["others"])
+    assert "below their segment's threshold" in page["definition"]
+    assert "an alert without a verdict" in page["definition"]
+    assert 0 < len(expected) < len(everyone), "the seeded store should list some, not all"
+    # A customer who needs no action gets an alert: listed; its verdict: not listed again.
+    quiet = next(cid for cid in reversed(everyone) if cid not in expected)
+    alert_id = api_site.add_alert(quiet, rule="probe_open")
+    listed = [i["customer_id"] for i in api_site.get_json("/api/v1/at-risk?limit=500")["items"]]
+    assert quiet in listed
+    assert listed == api_site.expected_action_order
+    reply = api_site.request(
+        "POST", f"/api/v1/alerts/{alert_id}/feedback", {"verdict": "useful", "by": "t"}
+    )
+    assert 200 == reply.status, reply.body
+    listed = [i["customer_id"] for i in api_site.get_json("/api/v1/at-risk?limit=500")["items"]]
+    assert quiet not in listed
+    everyone_page = api_site.get_json("/api/v1/at-risk?show=all&limit=500")
+    assert everyone == [item["customer_id"] for item in everyone_page["items"]]
+    assert (0, "all") == (everyone_page["others"], everyone_page["show"])
+    shown = _cli(api_site, "at-risk", "--limit", "3")
+    assert 0 == shown.returncode, shown.stderr
+    assert "Listed: customers who need action" in shown.stdout
+    assert f"({len(everyone) - len(expected)} others need no action" in shown.stdout
+    bad = api_site.request("GET", "/api/v1/at-risk?show=some")
+    assert (400, "show") == (bad.status, bad.body["parameter"])

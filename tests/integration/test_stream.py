@@ -479,7 +479,7 @@ def assert_api_reads_the_replay(stack: Stack, engine: Replay, alerts: list[Alert
         await store.start()
         try:
             views = Views(store, stack.policy(), partitions=PARTITIONS)
-            page = await views.at_risk(ListQuery(limit=len(engine.states) + 1))
+            page = await views.at_risk(ListQuery(limit=len(engine.states) + 1, show="all"))
             histories = await store.alerts_of(by_customer, limit=1000)
             some = sorted(engine.states)[:20]
             last = {cid: (await store.score_history(cid, limit=1)) for cid in some}

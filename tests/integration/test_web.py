@@ -139,8 +139,8 @@ def test_page_lists_at_risk_opens_chart_and_reasons_and_shows_new_alerts(
     The page lists the seeded at-risk customers in order, a click opens a customer's chart
     and reasons, and a new alert appears without a reload.
     """
-    expected = list(api_site.expected_order)[:PAGE_SIZE]
-    assert expected, "the seeded store has no at-risk customers"
+    expected = list(api_site.expected_action_order)[:PAGE_SIZE]
+    assert expected, "the seeded store has no customer who needs action"
     page.goto(page_url(api_site))
 
     rows = page.get_by_test_id("at-risk-row")
@@ -296,7 +296,7 @@ def test_filters_pages_and_errors_keep_the_user_informed(
     """
     expected = list(api_site.expected_order)
     assert len(expected) >= 3, "the seeded store needs three at-risk customers to page"
-    page.goto(page_url(api_site, limit=2))
+    page.goto(page_url(api_site, "#/?show=all", limit=2))
     rows = page.get_by_test_id("at-risk-row")
     expect(rows.locator("th")).to_have_text(expected[:2])
     expect(page.get_by_test_id("prev-page")).to_be_disabled()
@@ -309,13 +309,17 @@ def test_filters_pages_and_errors_keep_the_user_informed(
     segment_filter = page.get_by_label("Segment")
     expect(segment_filter.locator("option")).to_have_text(["all", *segments])
     wanted = next(
-        (s for s in segments if api_site.get_json(f"/api/v1/at-risk?segment={s}")["total"] >= 1),
+        (
+            s
+            for s in segments
+            if api_site.get_json(f"/api/v1/at-risk?show=all&segment={s}")["total"] >= 1
+        ),
         None,
     )
     assert wanted is not None, "no segment has an at-risk customer"
     segment_filter.select_option(wanted)
     page.get_by_label("Sort by").select_option("change")
-    by_change = api_site.get_json(f"/api/v1/at-risk?segment={wanted}&sort=change&limit=2")
+    by_change = api_site.get_json(f"/api/v1/at-risk?show=all&segment={wanted}&sort=change&limit=2")
     expect(page.get_by_test_id("table-caption")).to_contain_text(f"in segment {wanted}")
     expect(rows.locator("th")).to_have_text([i["customer_id"] for i in by_change["items"]])
     expect(rows.get_by_test_id("segment")).to_have_text([wanted] * len(by_change["items"]))
@@ -330,7 +334,7 @@ def test_filters_pages_and_errors_keep_the_user_informed(
 
     error = page.get_by_test_id("error")
     expect(error).to_be_hidden()
-    page.goto(page_url(api_site, "#/?segment=no-such-segment"))
+    page.goto(page_url(api_site, "#/?show=all&segment=no-such-segment"))
     expect(error).to_be_visible()
     expect(error).to_contain_text("segment")
     segment_filter.select_option("")

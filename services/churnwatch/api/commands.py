@@ -99,17 +99,39 @@ def api(host: str | None, port: int | None) -> None:
     help="A column with the ids of each customer's open alerts (no verdict yet), for "
     "`churnwatch feedback ALERT_ID VERDICT`.",
 )
+@click.option(
+    "--all",
+    "everyone",
+    is_flag=True,
+    help="Every customer still at risk, not only those who need action.",
+)
 def at_risk(
-    segment: str | None, sort: str, limit: int, offset: int, as_json: bool, show_alerts: bool
+    segment: str | None,
+    sort: str,
+    limit: int,
+    offset: int,
+    as_json: bool,
+    show_alerts: bool,
+    everyone: bool,
 ) -> None:
-    """The riskiest customers, as the API lists them (reads Redis)."""
+    """
+    The customers who need action (an engagement score below their segment's threshold, or an
+    alert without a verdict), riskiest first, as the API lists them (reads Redis); --all for
+    everyone.
+    """
     from churnwatch.api.views import parse_list_query
 
     settings = _settings({})
 
     async def work(views: Any) -> Any:
         query = parse_list_query(
-            {"sort": sort, "segment": segment or "", "limit": str(limit), "offset": str(offset)},
+            {
+                "sort": sort,
+                "segment": segment or "",
+                "limit": str(limit),
+                "offset": str(offset),
+                "show": "all" if everyone else "action",
+            },
             segments=views.segments,
             default_limit=limit,
             max_limit=10_000,
@@ -123,7 +145,15 @@ def at_risk(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"at risk ({page['total']} customers, by {sort})")
+    if page["show"] == "action":
+        title = (
+            f"need action: {page['total']} customers, by {sort} "
+            f"({page['others']} others need no action; --all lists everyone)"
+        )
+    else:
+        title = f"at risk: {page['total']} customers, by {sort}"
+    click.echo(f"Listed: {page['definition']}.")
+    table = Table(title=title)
     for column in ("customer", "segment", "risk", "score", "change", "top reason", "open"):
         table.add_column(column)
     if show_alerts:

@@ -70,7 +70,7 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
         "paths": {
             "/api/v1/at-risk": {
                 "get": {
-                    "summary": "The riskiest customers, highest first",
+                    "summary": "The customers who need action (or everyone), highest first",
                     "parameters": [
                         {
                             "name": "sort",
@@ -87,6 +87,13 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
                             "name": "offset",
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
+                        {
+                            "name": "show",
+                            "in": "query",
+                            "description": "action: engagement score below the segment's "
+                            "threshold, or an alert without a verdict; all: everyone",
+                            "schema": {"enum": ["action", "all"], "default": "action"},
                         },
                     ],
                     "responses": {**_ok("AtRiskPage"), **_errors(400, 503)},
@@ -180,6 +187,16 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
                         "offset": {"type": "integer"},
                         "next_offset": {"type": ["integer", "null"]},
                         "total": {"type": "integer"},
+                        "others": {
+                            "type": "integer",
+                            "description": "Customers still at risk but not listed "
+                            "(show=action: those who need no action)",
+                        },
+                        "show": {"enum": ["action", "all"]},
+                        "definition": {
+                            "type": "string",
+                            "description": "Which customers the list holds, in words",
+                        },
                         "sort": {"type": "string"},
                         "segment": {"type": ["string", "null"]},
                         "segments": {"type": "array", "items": {"type": "string"}},

@@ -26,12 +26,18 @@ from churnwatch.core.events import format_ts
 from churnwatch.core.feedback import VERDICTS, BadVerdictError, check_verdict, verdict_record
 from churnwatch.core.learning import scoring_epoch
 from churnwatch.core.model import Scorer
+from churnwatch.core.partitioning import partition_of
 from churnwatch.core.state import CustomerState, risk_change
 from churnwatch.metrics import Metrics
 from churnwatch.store import RedisStore
 
 Sort = Literal["score", "change"]
 SORTS: Final[tuple[Sort, ...]] = ("score", "change")
+_OPEN_ALERTS_SHOWN: Final = 20
+"""A customer's newest alerts that the list looks at for the open ones."""
+Show = Literal["action", "all"]
+SHOWS: Final[tuple[Show, ...]] = ("action", "all")
+_EVERYONE: Final = "every customer still at risk of churning (not cancelled), whatever the score"
 _ORDER_OF: Final[dict[Sort, str]] = {"score": "risk", "change": "change"}
 _MODELS_KEPT: Final = 8
 _LOOKUP_TTL_S: Final = 10.0
@@ -63,6 +69,8 @@ class ListQuery:
     segment: str | None = None
     limit: int = 50
     offset: int = 0
+    show: Show = "action"
+    """`action`: the customers who need action (see `Views.definition`); `all`: everyone."""
 
 
 def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
@@ -92,7 +100,7 @@ def parse_list_query(
     Raises:
         BadParameterError: naming the first parameter that is unknown, malformed or out of range.
     """
-    known = ("sort", "segment", "limit", "offset")
+    known = ("sort", "segment", "limit", "offset", "show")
     for name in query:
         if name not in known:
             msg = f"{name}: unknown parameter (expected {', '.join(known)})"
@@ -105,11 +113,16 @@ def parse_list_query(
     if segment is not None and segment not in segments:
         msg = f"segment: expected one of {', '.join(segments)}, got {segment!r}"
         raise BadParameterError(parameter="segment", message=msg)
+    show = query.get("show") or "action"
+    if show not in SHOWS:
+        msg = f"show: expected one of {', '.join(SHOWS)}, got {show!r}"
+        raise BadParameterError(parameter="show", message=msg)
     return ListQuery(
         sort="score" if sort == "score" else "change",
         segment=segment,
         limit=_int(query, "limit", default_limit, 1, max_limit),
         offset=_int(query, "offset", 0, 0, None),
+        show="all" if show == "all" else "action",
     )
 
 
@@ -129,6 +142,25 @@ class Views:
         self.policy = policy
         self.partitions = range(partitions)
         self.segments = tuple(segment.name for segment in policy.rules.segments)
+        # A customer needs action above the probability at which its segment's score rules
+        # fire (engagement score below the highest threshold), or with an open alert.
+        score_rules = policy.rules.score_rules
+        self.bounds = {
+            s: 1.0 - max(rule.threshold_for(s) for rule in score_rules) / 100.0
+            for s in self.segments
+            if score_rules
+        }
+        if score_rules:
+            limits = ", ".join(
+                f"{s} below {max(rule.threshold_for(s) for rule in score_rules):g}"
+                for s in self.segments
+            )
+            self.definition = (
+                f"customers who need action: an engagement score below their segment's "
+                f"threshold ({limits}), or an alert without a verdict"
+            )
+        else:
+            self.definition = "customers who need action: an alert without a verdict"
         self.metrics = metrics
         self.history_points = history_points
         self._initial = Scorer(policy.config.model)
@@ -185,19 +217,32 @@ class Views:
     async def at_risk(self, query: ListQuery) -> dict[str, Any]:
         """One page of the at-risk list (the shape of GET /api/v1/at-risk)."""
         order = _ORDER_OF[query.sort]
-        ranked = await self.store.at_risk(
-            limit=query.limit,
-            offset=query.offset,
-            partitions=self.partitions,
-            segment=query.segment,
-            sort=order,
+        everyone = await self.store.at_risk_total(
+            partitions=self.partitions, segment=query.segment, sort="risk"
         )
-        total = await self.store.at_risk_total(
-            partitions=self.partitions, segment=query.segment, sort=order
-        )
+        if query.show == "all":
+            ranked = await self.store.at_risk(
+                limit=query.limit,
+                offset=query.offset,
+                partitions=self.partitions,
+                segment=query.segment,
+                sort=order,
+            )
+            total = await self.store.at_risk_total(
+                partitions=self.partitions, segment=query.segment, sort=order
+            )
+        else:
+            needing = await self.store.needing_action(
+                partitions=self.partitions,
+                bounds=self.bounds,
+                segment=query.segment,
+                sort=order,
+            )
+            ranked = needing[query.offset : query.offset + query.limit]
+            total = len(needing)
         ids = [cid for cid, _ in ranked]
         states = await self.store.load_states(ids)
-        alerts = await self.store.alerts_of(ids, limit=20)
+        alerts = await self.store.alerts_of(ids, limit=_OPEN_ALERTS_SHOWN)
         verdicts = await self.store.verdicts(
             orjson.loads(raw)["alert_id"] for found in alerts.values() for raw in found
         )
@@ -225,6 +270,9 @@ class Views:
             "offset": query.offset,
             "next_offset": end if end < total else None,
             "total": total,
+            "others": max(everyone - total, 0) if query.show == "action" else 0,
+            "show": query.show,
+            "definition": self.definition if query.show == "action" else _EVERYONE,
             "sort": query.sort,
             "segment": query.segment,
             "segments": list(self.segments),
@@ -314,6 +362,7 @@ class Views:
         )
         if self.metrics is not None:
             self.metrics.feedback.labels(checked, "yes" if changed else "no").inc()
+        await self._close_if_judged(alert.customer_id)
         return {
             "alert_id": alert_id,
             "customer_id": alert.customer_id,
@@ -322,6 +371,14 @@ class Views:
             "previous": previous,
             "changed": changed,
         }
+
+    async def _close_if_judged(self, customer_id: str) -> None:
+        """The customer leaves the open-alert set once its listed alerts all have verdicts."""
+        raw = await self.store.alerts_of([customer_id], limit=_OPEN_ALERTS_SHOWN)
+        ids = [orjson.loads(item)["alert_id"] for item in raw.get(customer_id, [])]
+        judged = await self.store.verdicts(ids)
+        partition = partition_of(customer_id, len(self.partitions))
+        await self.store.close_alert(customer_id, partition, [a for a in ids if a not in judged])
 
     async def refresh_metrics(self) -> None:
         """Set churnwatch_alert_verdicts from the counts in the store (before a scrape)."""

@@ -228,6 +228,11 @@ class Keys:
         """The at-risk order `sort` ("risk" or "change"), of one segment or of all."""
         return self.partition(partition, sort if segment is None else f"{sort}:{segment}")
 
+    def open_alerts(self, partition: int) -> str:
+        """Customers of the partition with an alert that has no verdict yet (zset: the event
+        time of their newest alert, in seconds)."""
+        return self.partition(partition, "open")
+
     def history(self, customer_id: str) -> str:
         return f"{self.customer(customer_id)}:hist"
 
@@ -694,6 +699,13 @@ class RedisStore:
             part.append(("ZREM", keys.due(p), *due_rem))
         part += [("ZADD", key, *pairs) for key, pairs in orders.items()]
         part += [("ZREM", key, *members) for key, members in removals.items()]
+        if batch.alerts:
+            newest: dict[str, float] = {}
+            for alert in batch.alerts:
+                at = _seconds(alert.at, f"alert {alert.alert_id!r}")
+                newest[alert.customer_id] = max(at, newest.get(alert.customer_id, at))
+            opened = [x for cid, at in sorted(newest.items()) for x in (at, cid)]
+            part.append(("ZADD", keys.open_alerts(p), "GT", *opened))
         meta = batch.meta
         part.append(
             (
@@ -919,6 +931,72 @@ class RedisStore:
         merged = [(_text(m), float(s)) for reply in replies for m, s in reply]
         merged.sort(key=lambda item: (item[1], item[0]), reverse=True)
         return merged[offset : offset + limit]
+
+    async def needing_action(
+        self,
+        *,
+        partitions: Iterable[int],
+        bounds: Mapping[str, float],
+        segment: str | None = None,
+        sort: str = "risk",
+    ) -> list[tuple[str, float]]:
+        """
+        The customers who need action, highest `sort` first (ties: customer id descending, as
+        `at_risk`): those whose churn probability is above their segment's bound (`bounds`:
+        segment -> probability, exclusive; a segment without one has none), and those with an
+        open alert (`open_alerts`) who are still in the at-risk orders (not cancelled). With
+        `segment`, of that segment only. A customer without a `change` sorts last by change.
+        """
+        if sort not in ORDERS:
+            msg = f"needing_action: sort must be one of {', '.join(ORDERS)}, got {sort!r}"
+            raise ValueError(msg)
+        parts = list(dict.fromkeys(partitions))
+        wanted = {s: b for s, b in bounds.items() if segment is None or s == segment}
+        commands: list[Command] = []
+        for p in parts:
+            commands += [
+                ("ZRANGEBYSCORE", self.keys.order(p, "risk", s), f"({b!r}", "+inf")
+                for s, b in sorted(wanted.items())
+            ]
+            commands.append(("ZRANGE", self.keys.open_alerts(p), 0, -1))
+        async with self._op("needing_action") as client:
+            replies = await self._pipeline(client, commands) if commands else []
+            found: dict[int, set[str]] = {}
+            opened: dict[int, list[str]] = {}
+            per = len(wanted) + 1
+            for i, p in enumerate(parts):
+                chunk = replies[i * per : (i + 1) * per]
+                found[p] = {_text(m) for reply in chunk[:-1] for m in reply}
+                opened[p] = [_text(m) for m in chunk[-1] if _text(m) not in found[p]]
+            # The open ones count while still in the order asked for (listed, of the segment).
+            with_open = [p for p in parts if opened[p]]
+            listed = await self._pipeline(
+                client,
+                [("ZMSCORE", self.keys.order(p, "risk", segment), *opened[p]) for p in with_open],
+            )
+            for p, reply in zip(with_open, listed, strict=True):
+                found[p] |= {m for m, v in zip(opened[p], reply, strict=True) if v is not None}
+            order = [(p, sorted(found[p])) for p in parts if found[p]]
+            values = await self._pipeline(
+                client,
+                [("ZMSCORE", self.keys.order(p, sort, None), *members) for p, members in order],
+            )
+        ranked = [
+            (cid, float("-inf") if v is None else float(v))
+            for (_, members), reply in zip(order, values, strict=True)
+            for cid, v in zip(members, reply, strict=True)
+        ]
+        ranked.sort(key=lambda item: (item[1], item[0]), reverse=True)
+        return ranked
+
+    async def close_alert(self, customer_id: str, partition: int, open_ids: Iterable[str]) -> None:
+        """
+        The customer's alerts got verdicts: leave the open set if none of `open_ids` (its
+        alerts still without a verdict) is left.
+        """
+        if not list(open_ids):
+            async with self._op("close_alert") as client:
+                await client.zrem(self.keys.open_alerts(partition), customer_id)
 
     async def at_risk_total(
         self, *, partitions: Iterable[int], segment: str | None = None, sort: str = "risk"

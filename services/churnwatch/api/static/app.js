@@ -29,6 +29,8 @@ const el = {
   segment: document.getElementById("segment"),
   sort: document.getElementById("sort"),
   caption: document.getElementById("table-caption"),
+  show: document.getElementById("show"),
+  definition: document.getElementById("definition"),
   rows: document.getElementById("at-risk-body"),
   prev: document.getElementById("prev"),
   next: document.getElementById("next"),
@@ -223,11 +225,13 @@ function parseRoute() {
     segment: query.get("segment") || "",
     sort: query.get("sort") === "change" ? "change" : "score",
     offset: Math.max(0, Number.parseInt(query.get("offset") || "0", 10) || 0),
+    show: query.get("show") === "all" ? "all" : "action",
   };
 }
 
-function listHash({ segment, sort, offset }) {
+function listHash({ segment, sort, offset, show }) {
   const query = new URLSearchParams();
+  if (show === "all") query.set("show", "all");
   if (segment) query.set("segment", segment);
   if (sort && sort !== "score") query.set("sort", sort);
   if (offset) query.set("offset", String(offset));
@@ -252,18 +256,25 @@ function route() {
 // the at-risk list
 
 function showList(routeNow, previous) {
-  listRoute = { segment: routeNow.segment, sort: routeNow.sort, offset: routeNow.offset };
+  listRoute = {
+    segment: routeNow.segment,
+    sort: routeNow.sort,
+    offset: routeNow.offset,
+    show: routeNow.show,
+  };
   el.customerView.hidden = true;
   el.listView.hidden = false;
   el.status.textContent = "";
   document.title = "churnwatch: customers at risk";
   el.sort.value = listRoute.sort;
+  el.show.value = listRoute.show;
   selectSegment(listRoute.segment);
 
   const query = new URLSearchParams({
     sort: listRoute.sort,
     limit: String(PAGE_SIZE),
     offset: String(listRoute.offset),
+    show: listRoute.show,
   });
   if (listRoute.segment) query.set("segment", listRoute.segment);
   const url = `${API}/at-risk?${query}`;
@@ -309,7 +320,11 @@ function renderList(data) {
   el.rows.replaceChildren(...data.items.map(rowFor));
   const where = data.segment ? ` in segment ${data.segment}` : "";
   const order = data.sort === "change" ? "largest rise in risk first" : "highest risk first";
-  el.caption.textContent = `${data.total} customers at risk${where}, ${order}`;
+  // Which customers these are, in the API's words, and how many are left out.
+  const others = data.show === "action" && data.others ? ` (${data.others} others need no action)` : "";
+  const who = data.show === "action" ? "need action" : "at risk";
+  el.caption.textContent = `${data.total} customers ${who}${where}, ${order}${others}`;
+  el.definition.textContent = data.definition ? `Listed: ${data.definition}.` : "";
   el.pageInfo.textContent = data.items.length
     ? `${data.offset + 1}–${data.offset + data.items.length} of ${data.total}`
     : "No customers on this page";
@@ -352,6 +367,9 @@ el.segment.addEventListener("change", () => {
 });
 el.sort.addEventListener("change", () => {
   window.location.hash = listHash({ ...listRoute, sort: el.sort.value, offset: 0 });
+});
+el.show.addEventListener("change", () => {
+  window.location.hash = listHash({ ...listRoute, show: el.show.value, offset: 0 });
 });
 el.prev.addEventListener("click", () => {
   const limit = listData ? listData.limit : PAGE_SIZE;
