@@ -425,6 +425,25 @@ def alerts_on_topic(stack: Stack) -> dict[str, list[bytes]]:
     return out
 
 
+def _state_diff(expected: CustomerState, actual: CustomerState) -> dict[str, tuple[Any, Any]]:
+    """The fields of two states that differ (the JSON part field by field), for a failure."""
+    want, got = to_dict(expected), to_dict(actual)
+    out: dict[str, tuple[Any, Any]] = {
+        k: (want.get(k), got.get(k))
+        for k in sorted({*want, *got} - {"s"})
+        if want.get(k) != got.get(k)
+    }
+    rest_want, rest_got = orjson.loads(want["s"]), orjson.loads(got["s"])
+    out.update(
+        {
+            f"s.{k}": (rest_want.get(k), rest_got.get(k))
+            for k in sorted({*rest_want, *rest_got})
+            if rest_want.get(k) != rest_got.get(k)
+        }
+    )
+    return out
+
+
 def assert_equals_replay(stack: Stack, original: Sequence[bytes]) -> Replay:
     """
     The states in Redis equal the replay's over churn.events (and, in score, over the
@@ -441,7 +460,7 @@ def assert_equals_replay(stack: Stack, original: Sequence[bytes]) -> Replay:
     for customer_id, expected in from_log.states.items():
         actual = stack.state(customer_id)
         assert actual is not None, customer_id
-        assert to_dict(expected) == to_dict(actual), customer_id
+        assert to_dict(expected) == to_dict(actual), (customer_id, _state_diff(expected, actual))
         expected_file = from_file.states[customer_id]
         assert (expected_file.score, expected_file.churn_probability) == (
             actual.score,
