@@ -223,23 +223,6 @@ def run_cut(purchases: Sequence[Purchase], cut_day: str) -> dict[str, Any]:
 # -- the same history reshaped: is the result a property of the problem or of one data set? ---
 
 
-def sample_purchases() -> list[Purchase]:
-    """CDNOW_sample.txt, the 1/10 sample that `lifetimes` also ships (2,357 customers)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or spec.origin is None:
-        msg = "CDNOW_sample comes with the lifetimes package: pip install -e '.[eval]'"
-        raise SystemExit(msg)
-    text = (Path(spec.origin).parent / "datasets" / "CDNOW_sample.txt").read_text()
-    out = []
-    for line, row in enumerate(text.splitlines(), 1):
-        customer, _, day, _cds, dollars = row.split()
-        at = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
-        out.append(Purchase(f"sample{customer}", at, float(dollars), line))
-    return out
-
-
 def staggered(purchases: Sequence[Purchase], spread_days: int = 365) -> list[Purchase]:
     """
     Every customer's history shifted by 0..spread_days-1 days (chosen by a hash of its id) and
@@ -307,7 +290,7 @@ def variants() -> list[dict[str, Any]]:
     runs = [
         ("CDNOW, staggered cohorts", shifted, "1998-01-31", default, None),
         ("CDNOW, staggered cohorts", shifted, "1998-03-31", default, 90),
-        ("CDNOW_sample (2,357 customers)", sample_purchases(), "1997-09-30", default, None),
+        ("CDNOW_sample (2,357 customers)", cdnow(sample=True), "1997-09-30", default, None),
         ("CDNOW, first 2,000 customers", cdnow(2000), "1997-09-30", default, None),
         ("CDNOW, rules with a fixed 90-day horizon", full, "1997-06-30", fixed, None),
         ("CDNOW, early cut", full, "1997-04-30", default, None),

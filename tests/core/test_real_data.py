@@ -37,6 +37,16 @@ def score_at(cut_day: str) -> tuple[list[CustomerScore], set[str], str]:
     return score_all(replay, cut), churned_after(history, cut), regime_note(replay, cut)
 
 
+def assert_ranks_above_recency(scores: list[CustomerScore], churned: set[str]) -> None:
+    """ROC AUC of the churn probability above that of the days since the last purchase."""
+    labels = [s.customer_id in churned for s in scores]
+    online = roc_auc(labels, [s.scoring.churn_probability for s in scores])
+    recency = roc_auc(labels, [s.x["days_since_purchase"] for s in scores])
+    assert online is not None
+    assert recency is not None
+    assert online > recency, (online, recency)
+
+
 @pytest.fixture(scope="module", params=["1997-06-30", "1997-09-30"])
 def cut(request: pytest.FixtureRequest) -> tuple[list[CustomerScore], set[str], str]:
     return score_at(request.param)
@@ -50,12 +60,7 @@ def test_the_score_ranks_churners_better_than_recency(
     that of the days since the last purchase.
     """
     scores, churned, _ = cut
-    labels = [s.customer_id in churned for s in scores]
-    online = roc_auc(labels, [s.scoring.churn_probability for s in scores])
-    recency = roc_auc(labels, [s.x["days_since_purchase"] for s in scores])
-    assert online is not None
-    assert recency is not None
-    assert online > recency, (online, recency)
+    assert_ranks_above_recency(scores, churned)
 
 
 def test_no_score_value_is_shared_by_many_customers(
@@ -123,9 +128,4 @@ def test_a_long_fixed_horizon_early_in_the_history_still_ranks() -> None:
     replay = replay_as_of(lambda: records, policy, cut)
     scores = score_all(replay, cut)
     churned = churned_after(history, cut)
-    labels = [s.customer_id in churned for s in scores]
-    online = roc_auc(labels, [s.scoring.churn_probability for s in scores])
-    recency = roc_auc(labels, [s.x["days_since_purchase"] for s in scores])
-    assert online is not None
-    assert recency is not None
-    assert online > recency, (online, recency)
+    assert_ranks_above_recency(scores, churned)

@@ -34,9 +34,11 @@ class Purchase:
     """The line of the file (1 = the first purchase): the event's id."""
 
 
-def purchases(customers: int | None = None) -> list[Purchase]:
+def purchases(customers: int | None = None, *, sample: bool = False) -> list[Purchase]:
     """
     CDNOW's purchases in file order; with `customers`, those of customers 1..`customers` only.
+    With `sample`, the 1/10 sample that `lifetimes` also ships (`CDNOW_sample.txt`: 2,357
+    customers, ids prefixed `sample` so they never meet the master file's).
 
     Raises:
         ConfigError: the `lifetimes` package is not installed (pip install -e ".[eval]").
@@ -46,14 +48,19 @@ def purchases(customers: int | None = None) -> list[Purchase]:
     if spec is None or spec.origin is None:
         msg = "CDNOW comes with the lifetimes package: pip install -e '.[eval]'"
         raise ConfigError(msg)
-    text = (Path(spec.origin).parent / "datasets" / "CDNOW_master.txt").read_text()
+    name = "CDNOW_sample.txt" if sample else "CDNOW_master.txt"
+    text = (Path(spec.origin).parent / "datasets" / name).read_text()
+    rows = text.splitlines() if sample else text.splitlines()[1:]  # the master has a header
+    prefix = "sample" if sample else "cdnow"
     out = []
-    for line, row in enumerate(text.splitlines()[1:], 1):
-        customer, day, _cds, dollars = row.split()
+    for line, row in enumerate(rows, 1):
+        # master: customer, day, CDs, dollars; sample: customer, its master id, day, ...
+        *ids, day, _cds, dollars = row.split()
+        customer = ids[0]
         if customers is not None and int(customer) > customers:
             continue
         at = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
-        out.append(Purchase(f"cdnow{customer}", at, float(dollars), line))
+        out.append(Purchase(f"{prefix}{customer}", at, float(dollars), line))
     return out
 
 
