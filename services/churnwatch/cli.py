@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from churnwatch.core.engine import Policy
 from churnwatch.core.errors import BadEventError, ChurnwatchError, ConfigError
@@ -111,7 +110,7 @@ def demo(
     """Simulate customers and show what churnwatch would have alerted on (no services)."""
     from datetime import timedelta
 
-    from churnwatch.console import progress_counter, render_demo
+    from churnwatch.console import progress_counter, render_demo, terminal
     from churnwatch.replay.demo import run_demo
     from churnwatch.sim.simulator import SimConfig
 
@@ -125,8 +124,8 @@ def demo(
         duplicate_rate=duplicate_rate,
         disorder=timedelta(minutes=5),
     )
-    out = Console()
-    err = Console(stderr=True)
+    out = terminal()
+    err = terminal(stderr=True)
     out.print(
         f"[bold]churnwatch demo[/bold]: {customers:,} customers over {days} days, seed {seed}"
     )
@@ -187,7 +186,7 @@ def simulate(
     """Write a simulated history (events.jsonl, labels.csv), or publish it with --to-kafka."""
     from datetime import timedelta
 
-    from churnwatch.console import progress_counter
+    from churnwatch.console import progress_counter, terminal
     from churnwatch.sim.simulator import SimConfig, Simulation, write_simulation
 
     if (out_dir is None) == (not to_kafka):
@@ -203,7 +202,7 @@ def simulate(
         regime=regime,
     )
     if out_dir is not None:
-        with progress_counter(Console(stderr=True), "simulating") as update:
+        with progress_counter(terminal(stderr=True), "simulating") as update:
             summary = write_simulation(config, out_dir, progress=update)
         click.echo(f"wrote {out_dir / 'events.jsonl'} and {out_dir / 'labels.csv'}")
         by_type = ", ".join(f"{n:,} {kind}" for kind, n in summary.events_by_type.items() if n)
@@ -223,7 +222,7 @@ def simulate(
     try:
         with (
             EventProducer(kafka_settings(), max_event_bytes=settings.max_event_bytes) as producer,
-            progress_counter(Console(stderr=True), "publishing") as update,
+            progress_counter(terminal(stderr=True), "publishing") as update,
         ):
             result = publish_records(Simulation(config).records(), producer, update)
     except ChurnwatchError as exc:
@@ -270,7 +269,7 @@ def replay(
 
     import orjson
 
-    from churnwatch.console import counts_table, progress_counter
+    from churnwatch.console import counts_table, progress_counter, terminal
     from churnwatch.core.alerts import AlertRecord, alert_to_json
     from churnwatch.replay.engine import DeadLetter, Replay, read_records
 
@@ -302,18 +301,31 @@ def replay(
     source = "--partitions" if partitions else "CHURNWATCH_KAFKA_PARTITIONS, as the workers"
     click.echo(f"replaying with {count} partition{'s' if count != 1 else ''} ({source})", err=True)
     engine = Replay(policy, partitions=count, on_alert=on_alert, on_dead_letter=on_dead)
+    err = terminal(stderr=True, quiet=quiet)
+    # The total for the bar and the time left: the file's lines (a fast count of newlines).
+    lines = _count_lines(events) if err.is_terminal else None
     try:
-        with progress_counter(Console(stderr=True, quiet=quiet), "replaying") as update:
+        with progress_counter(err, "replaying", total=lines) as update:
             for i, raw in enumerate(read_records(str(events)), 1):
                 engine.feed(raw)
                 if i % 20_000 == 0:
                     update(i)
+            update(engine.counts.consumed)
             engine.finish()
     finally:
         for handle in (alerts_handle, dead_handle):
             if handle:
                 handle.close()
-    Console().print(counts_table(engine.counts))
+    terminal().print(counts_table(engine.counts))
+
+
+def _count_lines(path: Path) -> int:
+    """The lines of a file, counted by its newlines, a megabyte at a time."""
+    count = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
 
 
 @main.group()

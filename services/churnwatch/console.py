@@ -4,11 +4,21 @@ Terminal rendering of results (rich tables); the only place that formats for hum
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from churnwatch.replay.demo import DemoResult
@@ -19,11 +29,55 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+PIPED_WIDTH: Final = 200
+"""Columns of output that is not a terminal (a file, a pipe): wide enough that no table header
+is cut and no sentence is split; a terminal gets its own width."""
+PLAIN_EVERY_SECONDS: Final = 5.0
+"""How often plain progress lines are written when stderr is not a terminal."""
+
+
+def terminal(*, stderr: bool = False, quiet: bool = False) -> Console:
+    """
+    The console of a command: a terminal's own width, or `PIPED_WIDTH` columns without colour
+    when the stream is piped or redirected.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(stderr=stderr, quiet=quiet, width=None if tty else PIPED_WIDTH)
+
+
 @contextmanager
 def progress_counter(
     console: Console, label: str, total: int | None = None
 ) -> Iterator[Callable[[int], None]]:
-    """A progress display on stderr; yields a function taking the count done so far."""
+    """
+    Progress on `console` (stderr); yields a function taking the count done so far. On a
+    terminal: a live bar with a total and the time left where `total` is known, else a
+    spinner with the count. Elsewhere (a log file, CI): a plain line every
+    `PLAIN_EVERY_SECONDS` and one at the end, so that a pipe gets no control codes.
+    """
+    if console.quiet:
+        yield lambda done: None
+        return
+    if not console.is_terminal:
+        started = last = time.monotonic()
+        count = 0
+
+        def line(done: int) -> str:
+            share = f" of {total:,} ({done / total:.0%})" if total else ""
+            return f"{label}: {done:,} records{share}, {time.monotonic() - started:.0f} s"
+
+        def plain(done: int) -> None:
+            nonlocal last, count
+            count = done
+            now = time.monotonic()
+            if now - last >= PLAIN_EVERY_SECONDS:
+                last = now
+                console.print(line(done), highlight=False)
+
+        yield plain
+        console.print(line(count).replace(f"{label}:", f"{label}: done,", 1), highlight=False)
+        return
     columns = [
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -31,6 +85,8 @@ def progress_counter(
         TextColumn("{task.completed:,.0f} records"),
         TimeElapsedColumn(),
     ]
+    if total:
+        columns.append(TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(label, total=total)
 
@@ -54,6 +110,7 @@ def counts_table(counts: Counts) -> Table:
     table.add_row("training examples resolved", f"{counts.examples:,}")
     balanced = "yes" if counts.balanced() else "NO"
     table.caption = f"consumed == processed + duplicates + dead-lettered: {balanced}"
+    table.min_width = len(table.caption)  # a caption wraps at the table's width: keep it whole
     return table
 
 

@@ -242,3 +242,28 @@ def test_simulate_needs_a_destination() -> None:
     result = CliRunner().invoke(main, ["simulate", "--customers", "5"])
     assert 2 == result.exit_code
     assert "--out DIR or --to-kafka" in result.output
+
+
+def test_output_off_a_terminal_is_plain_and_does_not_wrap(tmp_path: Path) -> None:
+    """
+    Piped (not a terminal), `replay` writes plain progress lines to stderr, its last one with
+    the count done, no control codes anywhere, and tables 200 columns wide, so a caption of 56
+    characters stays on one line where 80 columns split it.
+    """
+    events = tmp_path / "events.jsonl"
+    result = CliRunner().invoke(
+        main, ["simulate", "--customers", "20", "--days", "10", "--out", str(tmp_path)]
+    )
+    assert 0 == result.exit_code, result.output
+    lines = sum(1 for line in events.read_bytes().splitlines() if line)
+    ran = subprocess.run(
+        [sys.executable, "-m", "churnwatch.cli", "replay", str(events)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert 0 == ran.returncode, ran.stderr
+    assert "\x1b" not in ran.stdout + ran.stderr
+    assert f"replaying: done, {lines:,} records" in ran.stderr
+    assert "consumed == processed + duplicates + dead-lettered: yes" in ran.stdout

@@ -142,8 +142,9 @@ def at_risk(
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(page, option=orjson.OPT_INDENT_2) + b"\n")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from churnwatch.console import terminal
 
     if page["show"] == "action":
         title = (
@@ -173,7 +174,7 @@ def at_risk(
         if show_alerts:
             row.append("\n".join(f"{a['rule']}: {a['alert_id']}" for a in item["open_alerts"]))
         table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    terminal().print(table)
 
 
 @click.command("feedback")

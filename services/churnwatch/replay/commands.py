@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from churnwatch.core.engine import Policy
 from churnwatch.core.errors import ChurnwatchError, ConfigError
@@ -131,7 +130,7 @@ def backtest(
     """Replay a history through the core and measure alerts, ranking, baselines and thresholds."""
     from contextlib import nullcontext
 
-    from churnwatch.console import progress_counter
+    from churnwatch.console import progress_counter, terminal
     from churnwatch.replay.backtest import file_source, parse_as_of, read_labels, run_backtest
     from churnwatch.replay.report import render_terminal, write_report
     from churnwatch.replay.sweep import Budget
@@ -149,7 +148,7 @@ def backtest(
         if no_sweep
         else Budget(csms, alerts_per_csm, "all" if budget_counts == "all" else "csm_task")
     )
-    err = Console(stderr=True)
+    err = terminal(stderr=True)
     handle = alerts_out.open("wb") if alerts_out else None
     try:
         cutoff = parse_as_of(as_of) if as_of else None
@@ -182,7 +181,7 @@ def backtest(
     finally:
         if handle:
             handle.close()
-    render_terminal(Console(), result)
+    render_terminal(terminal(), result)
     if report_dir is not None:
         for path in write_report(result, report_dir):
             click.echo(f"wrote {path}")

@@ -104,11 +104,10 @@ def _progress(
 ) -> AbstractContextManager[Callable[[int], None] | None]:
     if quiet:
         return nullcontext(None)
-    from rich.console import Console
 
-    from churnwatch.console import progress_counter
+    from churnwatch.console import progress_counter, terminal
 
-    return progress_counter(Console(stderr=True), label, total=total)
+    return progress_counter(terminal(stderr=True), label, total=total)
 
 
 def summary_lines(summary: PublishSummary) -> Iterator[str]:
