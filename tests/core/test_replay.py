@@ -135,3 +135,33 @@ def test_a_quiet_partition_accepts_what_comes_after_its_silence() -> None:
     engine, _ = replay(records)
     assert 10 == engine.counts.processed
     assert {"future_timestamp": 1} == dict(engine.counts.by_reason)
+
+
+def test_a_reused_event_id_is_dead_lettered_not_dropped_as_a_duplicate() -> None:
+    """
+    An event under an id the customer's state remembers with another event time is a
+    different event: it is dead-lettered `reused_event_id` (the message names both times),
+    not skipped as a duplicate, and it changes nothing; the same event again is a duplicate.
+    """
+    import orjson
+
+    from churnwatch.replay.engine import DeadLetter
+
+    def login(event_id: str, ts: str) -> bytes:
+        return orjson.dumps({"event_id": event_id, "type": "login", "customer_id": "c1", "ts": ts})
+
+    first = login("e1", "2026-01-01T10:00:00Z")
+    again = login("e1", "2026-01-01T10:00:00Z")
+    reused = login("e1", "2026-01-01T10:20:00Z")
+    later = login("e2", "2026-01-01T10:30:00Z")
+    letters: list[DeadLetter] = []
+    engine = Replay(POLICY, partitions=1, on_dead_letter=letters.append)
+    engine.run([first, again, reused, later])
+    c = engine.counts
+    assert (4, 2, 1, 1) == (c.consumed, c.processed, c.duplicates, c.dead_lettered)
+    (letter,) = letters
+    assert ("reused_event_id", reused) == (letter.reason, letter.raw)
+    assert "2026-01-01T10:00:00+00:00" in letter.message
+    assert "2026-01-01T10:20:00+00:00" in letter.message
+    state = engine.states["c1"]
+    assert 2 == state.features.event_count

@@ -660,15 +660,21 @@ def test_bad_records_are_dead_lettered_and_good_ones_around_them_applied(
         # A record too late for its partition (behind the watermark by more than the
         # allowed lateness) is dead-lettered by the scorer, not the ingest.
         late = purchase("ev-late", "bad-c0", (start_at - timedelta(days=2)).isoformat())
+        # The id of the customer's last login (still remembered, within the lateness) on
+        # another event: not a redelivery, and dropping it as one would lose it.
+        last = parse_event(after[-1])
+        reused = orjson.loads(after[-1])
+        reused["ts"] = (last.ts + timedelta(minutes=20)).isoformat()
         with EventProducer(stack.kafka) as sdk:
             sdk.send(late).get(timeout=20)
+            sdk.send(reused).get(timeout=20)
         wait_until(
             lambda: (
                 progress.done(f"{stack.prefix}-worker")
-                and progress.applied() == len(before) + len(after) + 1
+                and progress.applied() == len(before) + len(after) + 2
             ),
             20,
-            "the late record handled",
+            "the late and the reused records handled",
             processes,
         )
     finally:
@@ -680,16 +686,18 @@ def test_bad_records_are_dead_lettered_and_good_ones_around_them_applied(
     finally:
         reader.close()
     by_reason = {letter["reason"]: letter for letter in letters}
-    assert {*bad, "too_late"} == set(by_reason)
-    assert len(bad) + 1 == len(letters)
+    assert {*bad, "too_late", "reused_event_id"} == set(by_reason)
+    assert len(bad) + 2 == len(letters)
     for reason, original in bad.items():
         letter = by_reason[reason]
         assert "ingest" == letter["stage"]
         assert stack.topics.for_event("purchase") == letter["source"]["topic"]
         assert original == original_of(letter)
         assert letter["message"]
-    assert "scoring" == by_reason["too_late"]["stage"]
-    assert stack.topics.events == by_reason["too_late"]["source"]["topic"]
+    for reason in ("too_late", "reused_event_id"):
+        assert "scoring" == by_reason[reason]["stage"]
+        assert stack.topics.events == by_reason[reason]["source"]["topic"]
+    assert last.event_id in by_reason["reused_event_id"]["message"]
     last_seen: dict[str, datetime] = {}
     for value in [*before, *after]:
         event = parse_event(value)

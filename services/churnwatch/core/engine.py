@@ -272,6 +272,27 @@ def _days(at: datetime) -> float:
     return (at - EPOCH) / _DAY
 
 
+def check_reuse(state: CustomerState | None, event: Event) -> BadEventError | None:
+    """
+    Whether an event reuses the `event_id` of another event of the same customer: an id the
+    customer's state remembers (within the allowed lateness) with another event time. A
+    redelivery carries the same time and is a duplicate (`process_event`); a different event
+    under a known id would be silently dropped as one, so it is dead-lettered instead.
+    """
+    if state is None:
+        return None
+    seen = state.seen.get(event.event_id)
+    if seen is None or seen == _days(event.ts):
+        return None
+    first = EPOCH + seen * _DAY
+    msg = (
+        f"event_id: {event.event_id!r} already names an event of customer "
+        f"{event.customer_id!r} at {first.isoformat()}; this one is at {event.ts.isoformat()} "
+        "(an id must name one event)"
+    )
+    return BadEventError(msg, reason="reused_event_id", field="event_id")
+
+
 def score_at(
     features: feats.Features, *, at: datetime, model: ModelView, policy: Policy
 ) -> tuple[dict[str, float], Scoring]:

@@ -18,6 +18,7 @@ ReasonCode = Literal[
     "naive_timestamp",
     "future_timestamp",
     "too_late",
+    "reused_event_id",
 ]
 """Why a record was dead-lettered; carried by the dead-letter record."""
 

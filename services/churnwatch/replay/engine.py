@@ -20,6 +20,7 @@ from churnwatch.core.engine import (
     ModelView,
     Policy,
     StepResult,
+    check_reuse,
     check_time,
     process_event,
     sweep_one,
@@ -247,11 +248,15 @@ class Replay:
         if problem is not None:
             self._dead(position, problem, raw)
             return
+        customer_id = event.customer_id
+        state = self.states.get(customer_id)
+        reused = check_reuse(state, event)
+        if reused is not None:
+            self._dead(position, reused, raw)
+            return
         if part.high_water is None or event.ts > part.high_water:
             part.high_water = event.ts
         watermark = part.high_water - cfg.lateness
-        customer_id = event.customer_id
-        state = self.states.get(customer_id)
         known = self._due_at.get(customer_id)
         if state is not None and known is not None and known[0] is state:
             step = process_event(

@@ -45,6 +45,7 @@ from churnwatch.core.engine import (
     ModelView,
     Policy,
     StepResult,
+    check_reuse,
     check_time,
     next_due_at,
     process_event,
@@ -498,6 +499,8 @@ class ScoringWorker:
         cfg = self.policy.config
         # The replay's own check (the future bound is the ingest's: it is not given here).
         late = check_time(event.ts, run.high_water, cfg)
+        if late is None:
+            late = check_reuse(run.states.get(event.customer_id), event)
         if late is not None:
             self._dead_letter(run, record, late)
             self._done(run, record)
