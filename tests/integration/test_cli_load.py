@@ -75,3 +75,78 @@ def test_load_refuses_a_prefix_in_use_and_replaces_it_when_told(
         keys = list(redis_client.scan_iter(match=f"{redis_prefix}-fresh*", count=1000))
         if keys:
             redis_client.delete(*keys)
+
+
+def test_append_continues_a_load_with_later_events_and_refuses_earlier_ones(
+    tmp_path: Path, redis_url: str, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """
+    `load --append` after a load, with events strictly after it, leaves what one load of both
+    files gives (compared key by key with a fresh prefix); a file that starts at or before the
+    end of what is stored is refused in one line and changes nothing; a prefix that no load
+    wrote cannot be appended to.
+    """
+    import orjson
+
+    env = {"CHURNWATCH_REDIS_URL": redis_url, "CHURNWATCH_REDIS_PREFIX": redis_prefix}
+    whole = history(tmp_path / "whole.jsonl", seed=3, customers=30).read_bytes().splitlines()
+    stamps = sorted(orjson.loads(r)["ts"] for r in whole if r.startswith(b'{"event_id"'))
+    cut = stamps[len(stamps) * 2 // 3]
+
+    def ts_of(raw: bytes) -> str | None:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return value.get("ts") if isinstance(value, dict) else None
+
+    early = [r for r in whole if (ts_of(r) or "") <= cut]
+    late = [r for r in whole if (ts_of(r) or "") > cut]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_bytes(b"".join(r + b"\n" for r in early))
+    second.write_bytes(b"".join(r + b"\n" for r in late))
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(first.read_bytes() + second.read_bytes())
+    fresh_prefix = f"{redis_prefix}-both"
+    try:
+        runner = CliRunner()
+        assert 0 == runner.invoke(main, ["load", str(first)], env=env).exit_code
+        one = sorted(customers_under(redis_client, redis_prefix))[0]
+        state_before = redis_client.hgetall(f"{redis_prefix}:c:{{{one}}}")
+        overlap = runner.invoke(main, ["load", "--append", str(first)], env=env)
+        assert 1 == overlap.exit_code
+        assert "strictly after what is stored" in overlap.output
+        assert "Traceback" not in overlap.output
+        assert state_before == redis_client.hgetall(f"{redis_prefix}:c:{{{one}}}")
+
+        appended = runner.invoke(main, ["load", "--append", str(second)], env=env)
+        assert 0 == appended.exit_code, appended.output
+        assert "appended to the" in appended.output
+        fresh_env = {**env, "CHURNWATCH_REDIS_PREFIX": fresh_prefix}
+        assert 0 == runner.invoke(main, ["load", str(both)], env=fresh_env).exit_code
+        ids = customers_under(redis_client, fresh_prefix)
+        assert ids == customers_under(redis_client, redis_prefix)
+        for cid in sorted(ids):
+            for suffix in ("", ":hist", ":alerts"):
+                mine = f"{redis_prefix}:c:{{{cid}}}{suffix}"
+                theirs = f"{fresh_prefix}:c:{{{cid}}}{suffix}"
+                if suffix:
+                    assert redis_client.zrange(mine, 0, -1) == redis_client.zrange(theirs, 0, -1), (
+                        cid,
+                        suffix,
+                    )
+                else:
+                    assert redis_client.hgetall(mine) == redis_client.hgetall(theirs), cid
+
+        redis_client.set(f"{redis_prefix}-live:c:{{x}}", "a worker's")
+        live_env = {**env, "CHURNWATCH_REDIS_PREFIX": f"{redis_prefix}-live"}
+        refused = runner.invoke(main, ["load", "--append", str(second)], env=live_env)
+        assert 1 == refused.exit_code
+        assert "no `churnwatch load` wrote" in refused.output
+        both_flags = runner.invoke(main, ["load", "--append", "--replace", str(second)], env=env)
+        assert 2 == both_flags.exit_code
+    finally:
+        for pattern in (f"{redis_prefix}-both*", f"{redis_prefix}-live*"):
+            keys = list(redis_client.scan_iter(match=pattern, count=1000))
+            if keys:
+                redis_client.delete(*keys)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -270,6 +271,27 @@ class _PrefixInUse(Exception):
     pass
 
 
+class _CannotAppend(Exception):
+    pass
+
+
+def _span(records: Sequence[bytes]) -> tuple[datetime, datetime] | None:
+    """The first and last event time of the records that are valid events (None: none is)."""
+    from churnwatch.core.errors import BadEventError
+    from churnwatch.core.events import parse_event
+
+    first: datetime | None = None
+    last: datetime | None = None
+    for raw in records:
+        try:
+            ts = parse_event(raw).ts
+        except BadEventError:
+            continue
+        first = ts if first is None or ts < first else first
+        last = ts if last is None or ts > last else last
+    return None if first is None or last is None else (first, last)
+
+
 @click.command("load")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -278,35 +300,70 @@ class _PrefixInUse(Exception):
     help="Delete everything under the Redis prefix first (without it, a prefix that holds "
     "anything is refused: a second history would merge into the first).",
 )
-def load(events: Path, replace: bool) -> None:
+@click.option(
+    "--append",
+    "append",
+    is_flag=True,
+    help="Continue what an earlier load put under the prefix with events strictly after it: "
+    "the prefix then holds what one load of both files would give.",
+)
+def load(events: Path, replace: bool, append: bool) -> None:
     """
     Fill Redis from a history (JSONL) without the broker: replay it through the core and
     write what the scoring workers would (states, at-risk orders, score and alert histories,
     model checkpoints), to try the API and the web page on it. Not for a prefix that live
-    workers use: nothing is produced to Kafka and no offsets are written.
+    workers use: nothing is produced to Kafka and no offsets are written. The records loaded
+    are kept under the prefix, so that --append can replay them with the new ones.
     """
     from churnwatch.api.load import load_history
     from churnwatch.replay.engine import read_records
     from churnwatch.store import RedisStore
 
+    if replace and append:
+        msg = "--replace and --append: one or the other"
+        raise click.UsageError(msg)
     settings = _settings({})
     removed = 0
+    kept = 0
 
     async def run() -> Any:
-        nonlocal removed
+        nonlocal removed, kept
         store = RedisStore(settings.redis)
         await store.start()
         try:
+            records = list(read_records(str(events)))
             if replace:
+                removed = await store.clear()
+            elif append and await store.holds_data():
+                before = await store.load_log()
+                if not before:
+                    msg = (
+                        f"the Redis prefix {settings.redis.prefix!r} holds data that no "
+                        "`churnwatch load` wrote (live workers, or a load before loads were "
+                        "kept): --append needs the history it was loaded from; use --replace"
+                    )
+                    raise _CannotAppend(msg)
+                old, new = _span(before), _span(records)
+                if old is not None and new is not None and new[0] <= old[1]:
+                    msg = (
+                        f"--append takes events strictly after what is stored: {events} "
+                        f"starts at {new[0].isoformat()}, the stored history ends at "
+                        f"{old[1].isoformat()}"
+                    )
+                    raise _CannotAppend(msg)
+                kept = len(before)
+                records = before + records
                 removed = await store.clear()
             elif await store.holds_data():
                 raise _PrefixInUse
-            return await load_history(
+            loaded = await load_history(
                 store,
-                read_records(str(events)),
+                iter(records),
                 settings.to_policy(),
                 partitions=settings.topic_partitions,
             )
+            await store.save_load_log(records)
+            return loaded
         finally:
             await store.close()
 
@@ -314,6 +371,8 @@ def load(events: Path, replace: bool) -> None:
         loaded = asyncio.run(run())
     except ChurnwatchError as exc:
         raise click.ClickException(str(exc)) from exc
+    except _CannotAppend as exc:
+        raise click.ClickException(str(exc)) from None
     except _PrefixInUse:
         msg = (
             f"the Redis prefix {settings.redis.prefix!r} at {settings.redis.address} already "
@@ -322,7 +381,9 @@ def load(events: Path, replace: bool) -> None:
             "there first, or another prefix (CHURNWATCH_REDIS_PREFIX)."
         )
         raise click.ClickException(msg) from None
-    if removed:
+    if kept:
+        click.echo(f"appended to the {kept:,} records loaded before", err=True)
+    elif removed:
         click.echo(f"deleted {removed:,} keys under prefix {settings.redis.prefix!r}", err=True)
     counts = loaded.counts
     click.echo(

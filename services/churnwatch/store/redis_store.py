@@ -228,6 +228,10 @@ class Keys:
         """The at-risk order `sort` ("risk" or "change"), of one segment or of all."""
         return self.partition(partition, sort if segment is None else f"{sort}:{segment}")
 
+    def load_log(self) -> str:
+        """The history `churnwatch load` replayed into this prefix (a list of its records)."""
+        return f"{self.prefix}:load:log"
+
     def open_alerts(self, partition: int) -> str:
         """Customers of the partition with an alert that has no verdict yet (zset: the event
         time of their newest alert, in seconds)."""
@@ -589,6 +593,25 @@ class RedisStore:
                 await self._pipeline(client, [("UNLINK", k) for k in batch])
                 removed += len(batch)
         return removed
+
+    async def save_load_log(self, records: Sequence[bytes]) -> None:
+        """Keep the records a load replayed (in their order), replacing any kept before."""
+        key = self.keys.load_log()
+        async with self._op("save_load_log") as client:
+            await client.delete(key)
+            for start in range(0, len(records), 10_000):
+                await client.rpush(key, *records[start : start + 10_000])
+
+    async def load_log(self) -> list[bytes]:
+        """The records of the loads into this prefix, in order (empty: none kept)."""
+        key = self.keys.load_log()
+        out: list[bytes] = []
+        async with self._op("load_log") as client:
+            total = int(await client.llen(key))
+            for start in range(0, total, 10_000):
+                chunk = await client.lrange(key, start, start + 9_999)
+                out += [bytes(r) for r in cast(list[bytes], chunk)]
+        return out
 
     # -- customers ----------------------------------------------------------------------
     async def load_states(
