@@ -82,6 +82,18 @@ def dead_letters(stack: Stack) -> list[dict[str, object]]:
         reader.close()
 
 
+def _alert_diff(alert: object, got: Sequence[bytes]) -> dict[str, object]:
+    """The fields in which the published copies differ from the replay's alert."""
+    want = orjson.loads(alert_to_json(alert))  # type: ignore[arg-type]
+    out: dict[str, object] = {}
+    for raw in got:
+        have = orjson.loads(raw)
+        for key in sorted({*want, *have}):
+            if want.get(key) != have.get(key):
+                out[key] = (want.get(key), have.get(key))
+    return out
+
+
 def check_against_replay(
     stack: Stack, records: Sequence[bytes], *, redelivery_allowed: bool = False
 ) -> None:
@@ -101,7 +113,7 @@ def check_against_replay(
     assert not extra, f"{len(extra)} alerts the replay does not have"
     for alert in expected:
         got = published[alert.alert_id]
-        assert {alert_to_json(alert)} == set(got), alert.alert_id
+        assert {alert_to_json(alert)} == set(got), (alert.alert_id, _alert_diff(alert, got))
         if not redelivery_allowed:
             assert len(got) == 1, f"{alert.alert_id} published {len(got)} times"
     assert_equals_replay(stack, records)
