@@ -15,10 +15,10 @@ from oracle import PacedPublisher, check_against_replay
 from test_stream import (
     SIM,
     Processes,
-    Progress,
     Stack,
     start_learner,
     start_worker,
+    wait_done,
     wait_until,
 )
 from test_stream_faults import owns_events_partitions
@@ -29,19 +29,6 @@ stack = test_stream.stack
 processes = test_stream.processes
 
 RUN_DEADLINE_S = 150.0
-
-
-def wait_done(stack: Stack, processes: Processes) -> None:
-    progress = Progress(stack)
-    try:
-        wait_until(
-            lambda: progress.done(f"{stack.prefix}-worker"),
-            RUN_DEADLINE_S,
-            "every record forwarded, applied and committed",
-            processes,
-        )
-    finally:
-        progress.close()
 
 
 @pytest.mark.parametrize("order", ["workers first", "publish first"])
@@ -63,7 +50,7 @@ def test_the_easy_orders_give_the_replay(stack: Stack, processes: Processes, ord
             processes,
         )
         PacedPublisher(stack, records, chunk=len(records)).start().join()
-    wait_done(stack, processes)
+    wait_done(stack, processes, RUN_DEADLINE_S)
     check_against_replay(stack, records)
 
 
@@ -76,7 +63,7 @@ def publish_while_the_group_forms(stack: Stack, processes: Processes) -> None:
     # The second worker joins mid-publish: a rebalance while records arrive.
     start_worker(processes, stack, "worker-b")
     publisher.join()
-    wait_done(stack, processes)
+    wait_done(stack, processes, RUN_DEADLINE_S)
     check_against_replay(stack, records)
 
 
@@ -110,7 +97,7 @@ def kill_while_publishing(stack: Stack, processes: Processes) -> None:
     start_learner(processes, stack)
     assert publisher.fraction() < 1.0, "killed too late to test anything"
     publisher.join()
-    wait_done(stack, processes)
+    wait_done(stack, processes, RUN_DEADLINE_S)
     # A killed worker's uncommitted alerts are produced again by the next owner.
     check_against_replay(stack, records, redelivery_allowed=True)
 

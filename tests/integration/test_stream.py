@@ -525,17 +525,22 @@ def run_to_the_end(stack: Stack, processes: Processes) -> Proc:
     """
     start_learner(processes, stack)
     worker = start_worker(processes, stack)
+    wait_done(stack, processes)
+    return worker
+
+
+def wait_done(stack: Stack, processes: Processes, timeout: float = RUN_DEADLINE_S) -> None:
+    """Wait until every record is forwarded, applied and committed by the worker group."""
     progress = Progress(stack)
     try:
         wait_until(
             lambda: progress.done(f"{stack.prefix}-worker"),
-            RUN_DEADLINE_S,
+            timeout,
             "every record forwarded, applied and committed",
             processes,
         )
     finally:
         progress.close()
-    return worker
 
 
 # -- tests ------------------------------------------------------------------------------------
