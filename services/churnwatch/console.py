@@ -4,11 +4,12 @@ Terminal rendering of results (rich tables); the only place that formats for hum
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from rich.console import Console
 from rich.progress import (
@@ -170,3 +171,91 @@ def render_demo(console: Console, result: DemoResult, *, horizon_days: float) ->
         f"{result.counts.consumed:,} records in {result.seconds:.1f} s "
         f"({result.counts.consumed / max(result.seconds, 1e-9):,.0f} records/s)"
     )
+
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def render_overview(console: Console, data: dict[str, Any]) -> None:
+    """`churnwatch overview`: the shape of GET /api/v1/overview as tables."""
+    if data["as_of"] is None:
+        console.print(f"Nothing has been scored yet ({data['customers']:,} customers stored).")
+        return
+    console.print(
+        f"[bold]Overview[/bold] as of {data['as_of']} (the newest scoring, event time), "
+        f"last {data['weeks']} weeks: {data['customers']:,} customers, "
+        f"{data['at_risk']:,} not cancelled"
+    )
+    need, churned, saved = data["need_action"], data["churned"], data["saved"]
+    csat, tickets = data["satisfaction"], data["tickets"]
+    kpis = Table(title="The base", header_style="bold")
+    kpis.add_column("measure")
+    kpis.add_column("customers", justify="right")
+    kpis.add_column("revenue", justify="right")
+    kpis.add_row("need action", f"{need['customers']:,}", _money(need["revenue"]))
+    kpis.add_row(
+        f"churned ({churned['cancelled']:,} cancelled, {churned['judged_lost']:,} judged lost)",
+        f"{churned['customers']:,}",
+        _money(churned["revenue"]),
+    )
+    kpis.add_row("saved", f"{saved['customers']:,}", _money(saved["revenue"]))
+    kpis.add_row("mean CSAT", _fmt(csat["mean_csat"], ".2f"), f"{csat['ratings']:,} ratings")
+    kpis.add_row(
+        "median ticket resolution (days)",
+        _fmt(tickets["median_resolution_days"], ".1f"),
+        f"{tickets['resolved']:,} resolved",
+    )
+    kpis.add_row(
+        "open tickets, median age (days)",
+        f"{tickets['open']:,}",
+        _fmt(tickets["median_open_age_days"], ".1f"),
+    )
+    kpis.caption = f"Need action: {need['definition']}. Revenue: {data['revenue_unit']}."
+    console.print(kpis)
+
+    bins = data["risk_bins"]
+    segments = Table(title="Risk by segment (customers not cancelled)", header_style="bold")
+    for column in ("segment", "customers", "need action", "mean risk", "revenue"):
+        segments.add_column(column, justify="left" if column == "segment" else "right")
+    for low, high in itertools.pairwise(bins):
+        segments.add_column(f"{low:.1f}-{high:.1f}", justify="right")
+    for s in data["segments"]:
+        segments.add_row(
+            s["segment"],
+            f"{s['customers']:,}",
+            f"{s['need_action']:,}",
+            _fmt(s["mean_risk"], ".2f"),
+            _money(s["revenue"]),
+            *(f"{n:,}" for n in s["histogram"]),
+        )
+    console.print(segments)
+
+    weekly = Table(title="By week", header_style="bold")
+    for column in ("week ending", "at risk", "scored", "mean risk", "cancelled", "alerts"):
+        weekly.add_column(column, justify="left" if column == "week ending" else "right")
+    for w in data["weekly"]:
+        weekly.add_row(
+            w["week_end"][:10],
+            f"{w['at_risk']:,}",
+            f"{w['scored']:,}",
+            _fmt(w["mean_risk"], ".3f"),
+            f"{w['cancelled']:,}",
+            f"{w['alerts']:,}",
+        )
+    weekly.caption = data["definitions"]["at_risk_by_week"]
+    console.print(weekly)
+
+    verdicts = ("open", "useful", "false_alarm", "saved", "lost")
+    alerts = Table(title="Alerts by week and rule, with their verdicts", header_style="bold")
+    for column in ("week ending", "rule", "alerts", *verdicts):
+        alerts.add_column(column, justify="left" if column in ("week ending", "rule") else "right")
+    for w in reversed(data["weekly"]):
+        for rule, mix in w["by_rule"].items():
+            alerts.add_row(
+                w["week_end"][:10],
+                rule,
+                f"{mix['alerts']:,}",
+                *(f"{mix.get(v, 0):,}" for v in verdicts),
+            )
+    console.print(alerts)

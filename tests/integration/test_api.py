@@ -353,3 +353,94 @@ def test_the_list_holds_who_needs_action_and_says_so(api_site: Any) -> None:
     assert f"({len(everyone) - len(expected)} others need no action" in shown.stdout
     bad = api_site.request("GET", "/api/v1/at-risk?show=some")
     assert (400, "show") == (bad.status, bad.body["parameter"])
+
+
+def test_the_overview_sums_the_stored_base_and_follows_verdicts(api_site: Any) -> None:
+    """
+    GET /api/v1/overview over the seeded store: as of the newest scoring, every customer
+    counted once by segment and risk bin, the cancelled ones as churned, every stored alert in
+    its week under its rule (computed here from the states and the replay's alerts, not from
+    the API's sets). A `saved` verdict moves a customer into saved with its revenue and shows
+    in its alert's week at once (the cache is dropped); a `lost` one into churned. Bad weeks
+    and unknown parameters get a 400 naming them, `churnwatch overview --json` gives the same
+    report and its tables say what they count, and /overview serves the page.
+    """
+    from collections import Counter
+
+    from churnwatch.api.overview import facts_of
+
+    states = api_site.states()
+    loaded = api_site.loaded
+    report = api_site.get_json("/api/v1/overview?weeks=104")
+    newest = max(s.scored_at for s in states.values() if s.scored_at is not None)
+    assert newest.strftime("%Y-%m-%dT%H:%M:%S") == report["as_of"][:19]
+    assert (len(states), 104) == (report["customers"], len(report["weekly"]))
+    active = [s for s in states.values() if s.cancelled_at is None]
+    assert len(active) == report["at_risk"] == sum(r["customers"] for r in report["segments"])
+    scored = sum(s.churn_probability is not None for s in active)
+    assert scored == sum(sum(r["histogram"]) for r in report["segments"])
+    cancelled = sum(s.cancelled_at is not None for s in states.values())
+    assert 0 < cancelled == report["churned"]["cancelled"] == report["churned"]["customers"]
+    assert 0 == report["saved"]["customers"]
+    kept = api_site.settings.redis.alerts_kept
+    per_customer = Counter(a.customer_id for a in loaded.alerts)
+    assert sum(min(n, kept) for n in per_customer.values()) == sum(
+        w["alerts"] for w in report["weekly"]
+    )
+    by_rule: Counter[str] = Counter()
+    for week in report["weekly"]:
+        for rule, mix in week["by_rule"].items():
+            by_rule[rule] += mix["alerts"]
+            assert mix["alerts"] == mix["open"]  # no verdict yet
+    assert Counter(a.rule for a in loaded.alerts) == by_rule
+    assert report["need_action"]["customers"] == len(api_site.expected_action_order)
+
+    alive = [a for a in loaded.alerts if states[a.customer_id].cancelled_at is None]
+    kept_alert, lost_alert = (
+        alive[-1],
+        next(a for a in alive if a.customer_id != alive[-1].customer_id),
+    )
+    for alert, verdict in ((kept_alert, "saved"), (lost_alert, "lost")):
+        path = f"/api/v1/alerts/{alert.alert_id}/feedback"
+        assert 200 == api_site.request("POST", path, {"verdict": verdict}).status
+    after = api_site.get_json("/api/v1/overview?weeks=104")
+    revenue = facts_of(states[kept_alert.customer_id]).revenue
+    assert {"customers": 1, "revenue": round(revenue, 2)} == after["saved"]
+    assert (cancelled + 1, 1) == (after["churned"]["customers"], after["churned"]["judged_lost"])
+    [week] = [
+        w
+        for w in after["weekly"]
+        if w["week_start"] < kept_alert.event_ts.strftime("%Y-%m-%dT%H:%M:%S") <= w["week_end"]
+    ]
+    assert 1 <= week["by_rule"][kept_alert.rule].get("saved", 0)
+
+    for query, parameter in (
+        ("weeks=0", "weeks"),
+        ("weeks=105", "weeks"),
+        ("weeks=x", "weeks"),
+        ("colour=red", "colour"),
+    ):
+        bad = api_site.request("GET", f"/api/v1/overview?{query}")
+        assert (400, parameter) == (bad.status, bad.body["parameter"]), query
+    assert "/api/v1/overview" in api_site.get_json("/openapi.json")["paths"]
+    page = api_site.request("GET", "/overview")
+    assert 200 == page.status
+    assert "overview.js" in page.body
+
+    shown = _cli(api_site, "overview", "--json", "--weeks", "104")
+    assert 0 == shown.returncode, shown.stderr
+    assert after == orjson.loads(shown.stdout)
+    tables = _cli(api_site, "overview", "--weeks", "8")
+    assert 0 == tables.returncode, tables.stderr
+    for title in ("The base", "Risk by segment", "By week", "Alerts by week and rule"):
+        assert title in tables.stdout
+    weekly_rows = [
+        line for line in tables.stdout.splitlines() if line.count("│") == 7 and "│ 20" in line
+    ]
+    assert [w["week_end"][:10] for w in after["weekly"][-8:]] == [
+        line.split("│")[1].strip() for line in weekly_rows
+    ]
+    wrong = _cli(api_site, "overview", "--weeks", "0")
+    assert 2 == wrong.returncode
+    assert "weeks" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

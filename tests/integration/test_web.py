@@ -345,3 +345,57 @@ def test_filters_pages_and_errors_keep_the_user_informed(
     expect(error).to_be_visible()
     expect(error).to_contain_text("no-such-customer")
     assert [] == script_errors
+
+
+def test_the_overview_shows_the_base_as_the_api_counts_it(
+    api_site: Any, page: Page, script_errors: list[str]
+) -> None:
+    """
+    /overview, reached from the list's header: its tiles, segment charts and alert rows say
+    what GET /api/v1/overview says; the weeks selector asks the API for that many weeks; a
+    verdict given meanwhile shows on the page at its next poll, without a reload. With
+    CHURNWATCH_SCREENSHOT=path the page is also saved there (the README's picture).
+    """
+    page.goto(page_url(api_site))
+    page.get_by_test_id("overview-link").click()
+    expect(page).to_have_url(f"{api_site.url}/overview")
+    data = api_site.get_json("/api/v1/overview")
+    expect(page.get_by_test_id("as-of")).to_contain_text(data["as_of"])
+    expect(page.get_by_test_id("tile-customers")).to_have_text(f"{data['customers']:,}")
+    expect(page.get_by_test_id("tile-need-action")).to_have_text(
+        f"{data['need_action']['customers']:,}"
+    )
+    expect(page.get_by_test_id("tile-churned")).to_have_text(f"{data['churned']['customers']:,}")
+    expect(page.get_by_test_id("tile-saved")).to_have_text("0")
+    segments = page.get_by_test_id("segment")
+    expect(segments).to_have_count(len(data["segments"]))
+    for i, s in enumerate(data["segments"]):
+        expect(segments.nth(i)).to_contain_text(f"{s['segment']}: {s['customers']:,} customers")
+        expect(segments.nth(i).locator("rect")).to_have_count(len(s["histogram"]))
+    rows = page.get_by_test_id("alerts-row")
+    expect(rows).to_have_count(sum(len(w["by_rule"]) for w in data["weekly"]))
+    expect(page.get_by_test_id("trend").locator("circle")).to_have_count(data["weeks"])
+    target = os.environ.get("CHURNWATCH_SCREENSHOT")
+    if target:
+        page.set_viewport_size({"width": 1200, "height": 900})
+        page.screenshot(path=target)
+
+    page.goto(f"{api_site.url}/overview?refresh={REFRESH_MS}")
+    mark_document(page)
+    page.get_by_test_id("weeks").select_option("4")
+    four = api_site.get_json("/api/v1/overview?weeks=4")
+    expect(page.get_by_test_id("as-of")).to_contain_text("last 4 weeks")
+    expect(page.get_by_test_id("trend").locator("circle")).to_have_count(4)
+    expect(rows).to_have_count(sum(len(w["by_rule"]) for w in four["weekly"]))
+    assert "weeks=4" in page.url
+
+    newest = max(api_site.loaded.alerts, key=lambda a: a.event_ts)
+    path = f"/api/v1/alerts/{newest.alert_id}/feedback"
+    assert 200 == api_site.request("POST", path, {"verdict": "saved", "by": "t"}).status
+    saved = api_site.get_json("/api/v1/overview?weeks=4")["saved"]["customers"]
+    assert 1 == saved
+    expect(page.get_by_test_id("tile-saved")).to_have_text("1")
+    newest_row = rows.and_(page.locator(f'[data-rule="{newest.rule}"]')).first
+    expect(newest_row.get_by_test_id("saved")).to_have_text("1")
+    assert_not_reloaded(page)
+    assert [] == script_errors

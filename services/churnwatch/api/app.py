@@ -8,9 +8,10 @@ Routes (described in /openapi.json):
 | GET /api/v1/at-risk                     | riskiest customers, by segment, paged             |
 | GET /api/v1/customers/{customer_id}     | one customer: history, features, reasons, alerts  |
 | GET /api/v1/alerts/{alert_id}           | one alert as published, with its verdict          |
+| GET /api/v1/overview?weeks=             | the whole base: risk, outcomes, alerts, KPIs      |
 | POST /api/v1/alerts/{alert_id}/feedback | a CSM's verdict on an alert (the only write)      |
 | GET /healthz, /metrics, /openapi.json   | health (503 when Redis is down), Prometheus, spec |
-| GET /, /static/...                      | the web page                                      |
+| GET /, /overview, /static/...           | the web page: the list and the overview           |
 
 Errors are JSON, `{"error": "...", "parameter": "..."}`, with a 4xx naming the parameter.
 """
@@ -29,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from churnwatch.api.openapi import openapi_spec
+from churnwatch.api.overview import DEFAULT_WEEKS
 from churnwatch.api.settings import ApiSettings
 from churnwatch.api.views import BadParameterError, NotFoundError, Views, parse_list_query
 from churnwatch.core.errors import StoreUnavailableError
@@ -129,6 +131,20 @@ async def feedback(request: web.Request) -> web.Response:
     return _json(result)
 
 
+async def overview(request: web.Request) -> web.Response:
+    for name in request.query:
+        if name != "weeks":
+            msg = f"{name}: unknown parameter (expected weeks)"
+            raise BadParameterError(parameter=name, message=msg)
+    raw = request.query.get("weeks") or str(DEFAULT_WEEKS)
+    try:
+        weeks = int(raw)
+    except ValueError:
+        msg = f"weeks: expected an integer, got {raw!r}"
+        raise BadParameterError(parameter="weeks", message=msg) from None
+    return _json(await request.app[VIEWS_KEY].overview(weeks))
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         await request.app[VIEWS_KEY].store.ping()
@@ -156,6 +172,10 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+async def overview_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "overview.html")
+
+
 def create_app(views: Views, settings: ApiSettings, registry: CollectorRegistry) -> web.Application:
     """The aiohttp application over `views` (whose store the caller starts and closes)."""
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
@@ -166,10 +186,12 @@ def create_app(views: Views, settings: ApiSettings, registry: CollectorRegistry)
     app.router.add_get("/api/v1/customers/{customer_id}", customer)
     app.router.add_get("/api/v1/alerts/{alert_id}", alert)
     app.router.add_post("/api/v1/alerts/{alert_id}/feedback", feedback)
+    app.router.add_get("/api/v1/overview", overview)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/", index)
+    app.router.add_get("/overview", overview_page)
     if STATIC.is_dir():
         app.router.add_static("/static/", STATIC)
     return app
@@ -189,6 +211,7 @@ class ApiServer:
             partitions=settings.topic_partitions,
             metrics=self.metrics,
             history_points=settings.history_points,
+            overview_cache_seconds=settings.overview_cache_seconds,
         )
         self._runner: web.AppRunner | None = None
         self.port = settings.port

@@ -1,6 +1,6 @@
 """
-`churnwatch api`, `churnwatch at-risk` and `churnwatch feedback`: `register(group)` adds them
-to the CLI group (cli.py calls it).
+`churnwatch api`, `churnwatch at-risk`, `churnwatch overview` and `churnwatch feedback`:
+`register(group)` adds them to the CLI group (cli.py calls it).
 
 Settings come from the environment (`CHURNWATCH_API_*`, `CHURNWATCH_REDIS_*`,
 `CHURNWATCH_KAFKA_PARTITIONS`, the core's `CHURNWATCH_RULES_FILE`; see churnwatch.api.settings).
@@ -176,6 +176,37 @@ def at_risk(
             row.append("\n".join(f"{a['rule']}: {a['alert_id']}" for a in item["open_alerts"]))
         table.add_row(*row)
     terminal().print(table)
+
+
+@click.command("overview")
+@click.option(
+    "--weeks",
+    default=None,
+    type=int,
+    help="Weeks of trend and alerts, ending at the newest scoring (default 12, at most 104).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of tables.")
+def overview(weeks: int | None, as_json: bool) -> None:
+    """
+    The whole base as GET /api/v1/overview gives it (reads Redis): risk by segment, at risk
+    by week, churned and saved with their revenue, alerts by week and rule with their
+    verdicts, satisfaction and ticket resolution.
+    """
+    from churnwatch.api.overview import DEFAULT_WEEKS
+
+    settings = _settings({})
+    wanted = DEFAULT_WEEKS if weeks is None else weeks
+
+    async def work(views: Any) -> Any:
+        return await views.overview(wanted)
+
+    data = _with_views(settings, work)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    from churnwatch.console import render_overview, terminal
+
+    render_overview(terminal(), data)
 
 
 @click.command("feedback")
@@ -395,8 +426,9 @@ def load(events: Path, replace: bool, append: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Adds `api`, `at-risk`, `feedback` and `load` to the `churnwatch` command group."""
+    """Adds `api`, `at-risk`, `overview`, `feedback` and `load` to the `churnwatch` group."""
     group.add_command(load)
     group.add_command(api)
     group.add_command(at_risk)
+    group.add_command(overview)
     group.add_command(feedback)

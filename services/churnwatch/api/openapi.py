@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from churnwatch.api.overview import DEFAULT_WEEKS, MAX_WEEKS
 from churnwatch.core.alerts import AlertRecord
 from churnwatch.core.feedback import VERDICTS
 
@@ -149,6 +150,26 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
                     "responses": {**_ok("VerdictOut"), **_errors(400, 404, 503)},
                 }
             },
+            "/api/v1/overview": {
+                "get": {
+                    "summary": "The whole base: risk by segment, at risk by week, churned and "
+                    "saved with their revenue, alerts by week and rule with their verdicts, "
+                    "satisfaction and ticket resolution, as of the newest scoring",
+                    "parameters": [
+                        {
+                            "name": "weeks",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_WEEKS,
+                                "default": DEFAULT_WEEKS,
+                            },
+                        }
+                    ],
+                    "responses": {**_ok("Overview"), **_errors(400, 503)},
+                }
+            },
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "OK"}}}},
             "/metrics": {
                 "get": {
@@ -211,6 +232,28 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
                         "features": {"type": "object", "additionalProperties": {"type": "number"}},
                         "history": {"type": "array", "items": {"type": "object"}},
                         "alerts": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "Overview": {
+                    "type": "object",
+                    "description": "Every figure and its definition: see `definitions`; "
+                    "`as_of` is null while nothing has been scored.",
+                    "properties": {
+                        "as_of": {"type": ["string", "null"]},
+                        "weeks": {"type": "integer"},
+                        "customers": {"type": "integer"},
+                        "at_risk": {"type": "integer"},
+                        "risk_bins": {"type": "array", "items": {"type": "number"}},
+                        "segments": {"type": "array", "items": {"type": "object"}},
+                        "need_action": {"type": "object"},
+                        "churned": {"type": "object"},
+                        "saved": {"type": "object"},
+                        "weekly": {"type": "array", "items": {"type": "object"}},
+                        "rules": {"type": "array", "items": {"type": "string"}},
+                        "satisfaction": {"type": "object"},
+                        "tickets": {"type": "object"},
+                        "revenue_unit": {"type": "string"},
+                        "definitions": {"type": "object"},
                     },
                 },
                 "VerdictIn": {

@@ -57,4 +57,11 @@ class ApiSettings(CoreSettings):
         ge=1,
         description="Scorings in a customer's chart.",
     )
+    overview_cache_seconds: float = Field(
+        validation_alias=_env("overview_cache_seconds"),
+        default=10.0,
+        ge=0.0,
+        description="How long the overview (a read of every customer) is served from memory "
+        "before it is computed again (0: every request).",
+    )
     redis: StoreSettings = Field(default_factory=StoreSettings)

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from churnwatch.api import overview as overview_of
 from churnwatch.core import explain
 from churnwatch.core.alerts import AlertRecord, Reason
 from churnwatch.core.engine import Policy, factors_of, score_at
@@ -41,6 +42,7 @@ _EVERYONE: Final = "every customer still at risk of churning (not cancelled), wh
 _ORDER_OF: Final[dict[Sort, str]] = {"score": "risk", "change": "change"}
 _MODELS_KEPT: Final = 8
 _LOOKUP_TTL_S: Final = 10.0
+_OVERVIEW_CHUNK: Final = 1000
 
 
 class BadParameterError(ValueError):
@@ -137,6 +139,7 @@ class Views:
         partitions: int,
         metrics: Metrics | None = None,
         history_points: int = 120,
+        overview_cache_seconds: float = 10.0,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -163,6 +166,8 @@ class Views:
             self.definition = "customers who need action: an alert without a verdict"
         self.metrics = metrics
         self.history_points = history_points
+        self.overview_cache_seconds = overview_cache_seconds
+        self._overviews: dict[int, tuple[float, dict[str, Any]]] = {}
         self._initial = Scorer(policy.config.model)
         self._models: dict[int, Scorer] = {}
         self._lookups: dict[int, tuple[float, Scorer]] = {}
@@ -313,6 +318,56 @@ class Views:
         msg = f"alert_id: no alert {alert_id!r} in the store"
         raise NotFoundError(parameter="alert_id", message=msg)
 
+    async def overview(self, weeks: int = overview_of.DEFAULT_WEEKS) -> dict[str, Any]:
+        """
+        The whole base (the shape of GET /api/v1/overview; `api.overview` says what each
+        figure is): a read of every customer's state, kept scorings and alerts, in chunks of
+        `_OVERVIEW_CHUNK`, served from memory for `overview_cache_seconds`.
+        """
+        if not 1 <= weeks <= overview_of.MAX_WEEKS:
+            msg = f"weeks: expected an integer between 1 and {overview_of.MAX_WEEKS}, got {weeks}"
+            raise BadParameterError(parameter="weeks", message=msg)
+        now = time.monotonic()
+        cached = self._overviews.get(weeks)
+        if cached is not None and now - cached[0] < self.overview_cache_seconds:
+            return cached[1]
+        ids = await self.store.customer_ids()
+        facts: list[overview_of.Facts] = []
+        for start in range(0, len(ids), _OVERVIEW_CHUNK):
+            chunk = ids[start : start + _OVERVIEW_CHUNK]
+            states = await self.store.load_states(chunk, corrupt=[])
+            facts += [overview_of.facts_of(state) for state, _ in states.values()]
+        end = overview_of.as_of(facts)
+        if end is None:
+            data = {"as_of": None, "weeks": weeks, "customers": len(facts)}
+        else:
+            since = overview_of.week_starts(end, weeks)[0]
+            histories: dict[str, list[tuple[datetime, float]]] = {}
+            alerts: list[overview_of.AlertFact] = []
+            known = [f.customer_id for f in facts]
+            for start in range(0, len(known), _OVERVIEW_CHUNK):
+                chunk = known[start : start + _OVERVIEW_CHUNK]
+                histories |= await self.store.histories_since(chunk, since)
+                for cid, found in (await self.store.alerts_since(chunk, since)).items():
+                    for raw in found:
+                        a = orjson.loads(raw)
+                        at = datetime.fromisoformat(a["event_ts"].replace("Z", "+00:00"))
+                        alerts.append(overview_of.AlertFact(a["alert_id"], cid, a["rule"], at))
+            data = overview_of.build(
+                facts,
+                end=end,
+                weeks=weeks,
+                segments=self.segments,
+                bounds=self.bounds,
+                open_alerts=await self.store.open_alert_customers(self.partitions),
+                histories=histories,
+                alerts=alerts,
+                verdicts=await self.store.all_verdicts(),
+                definition=self.definition,
+            )
+        self._overviews[weeks] = (time.monotonic(), data)
+        return data
+
     # -- the one write --------------------------------------------------------------------
     async def latest_alert_id(self, customer_id: str, rule: str) -> str:
         """
@@ -363,6 +418,7 @@ class Views:
         if self.metrics is not None:
             self.metrics.feedback.labels(checked, "yes" if changed else "no").inc()
         await self._close_if_judged(alert.customer_id)
+        self._overviews.clear()  # a verdict moves the saved, churned and open counts
         return {
             "alert_id": alert_id,
             "customer_id": alert.customer_id,

@@ -1054,6 +1054,61 @@ class RedisStore:
             replies = await self._pipeline(client, commands)
         return {cid: [bytes(a) for a in r] for cid, r in zip(ids, replies, strict=True)}
 
+    async def customer_ids(self) -> list[str]:
+        """Every customer with a state under the prefix (a SCAN of every node), sorted."""
+        head = f"{self.keys.prefix}:c:{{"
+        pattern = f"{self._pattern()[:-1]}c:{{*}}"
+        found: set[str] = set()
+        async with self._op("customer_ids") as client:
+            async for key in client.scan_iter(match=pattern, count=1000):
+                text = _text(key)
+                if text.startswith(head) and text.endswith("}"):
+                    found.add(text[len(head) : -1])
+        return sorted(found)
+
+    async def histories_since(
+        self, customer_ids: Sequence[str], since: datetime
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        """
+        Each customer's kept scorings after `since` and the newest one up to it, as (event
+        time, churn probability), oldest first; one pipeline.
+        """
+        at = _seconds(since, "histories_since")
+        commands: list[Command] = []
+        for cid in customer_ids:
+            key = self.keys.history(cid)
+            commands += [
+                ("ZREVRANGEBYSCORE", key, at, "-inf", "LIMIT", 0, 1),
+                ("ZRANGEBYSCORE", key, f"({at!r}", "+inf"),
+            ]
+        async with self._op("histories_since") as client:
+            replies = await self._pipeline(client, commands) if commands else []
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        for i, cid in enumerate(customer_ids):
+            points = []
+            for raw in (*replies[2 * i], *replies[2 * i + 1]):
+                ms, p, _ = bytes(raw).decode().split("|")
+                points.append((datetime.fromtimestamp(int(ms) / 1000, tz=UTC), float(p)))
+            out[cid] = points
+        return out
+
+    async def alerts_since(
+        self, customer_ids: Sequence[str], since: datetime
+    ) -> dict[str, list[bytes]]:
+        """Each customer's kept alerts (their JSON) after `since`, oldest first; one pipeline."""
+        at = f"({_seconds(since, 'alerts_since')!r}"
+        commands = [("ZRANGEBYSCORE", self.keys.alerts(cid), at, "+inf") for cid in customer_ids]
+        async with self._op("alerts_since") as client:
+            replies = await self._pipeline(client, commands) if commands else []
+        return {cid: [bytes(a) for a in r] for cid, r in zip(customer_ids, replies, strict=True)}
+
+    async def open_alert_customers(self, partitions: Iterable[int]) -> set[str]:
+        """The customers with an alert that has no verdict yet (every partition's open set)."""
+        keys = [self.keys.open_alerts(p) for p in dict.fromkeys(partitions)]
+        async with self._op("open_alert_customers") as client:
+            replies = await self._pipeline(client, [("ZRANGE", key, 0, -1) for key in keys])
+        return {_text(m) for reply in replies for m in reply}
+
     async def alert_customer(self, alert_id: str) -> str | None:
         """The customer an alert was for, or None for an alert the store never saw."""
         async with self._op("alert_customer") as client:
