@@ -134,7 +134,7 @@ def demo(
         if quiet:
             result = run_demo(config, policy, alerts_out=handle)
         else:
-            with progress_counter(err, "replaying") as update:
+            with progress_counter(err, "replaying", total=days, unit="days") as update:
                 result = run_demo(config, policy, alerts_out=handle, progress=update)
     finally:
         if handle:
@@ -302,8 +302,8 @@ def replay(
     click.echo(f"replaying with {count} partition{'s' if count != 1 else ''} ({source})", err=True)
     engine = Replay(policy, partitions=count, on_alert=on_alert, on_dead_letter=on_dead)
     err = terminal(stderr=True, quiet=quiet)
-    # The total for the bar and the time left: the file's lines (a fast count of newlines).
-    lines = _count_lines(events) if err.is_terminal else None
+    # The total for the bar, the time left and the plain lines: the file's lines (a fast count).
+    lines = None if quiet else _count_lines(events)
     try:
         with progress_counter(err, "replaying", total=lines) as update:
             for i, raw in enumerate(read_records(str(events)), 1):

@@ -49,13 +49,14 @@ def terminal(*, stderr: bool = False, quiet: bool = False) -> Console:
 
 @contextmanager
 def progress_counter(
-    console: Console, label: str, total: int | None = None
+    console: Console, label: str, total: int | None = None, unit: str = "records"
 ) -> Iterator[Callable[[int], None]]:
     """
     Progress on `console` (stderr); yields a function taking the count done so far. On a
     terminal: a live bar with a total and the time left where `total` is known, else a
     spinner with the count. Elsewhere (a log file, CI): a plain line every
-    `PLAIN_EVERY_SECONDS` and one at the end, so that a pipe gets no control codes.
+    `PLAIN_EVERY_SECONDS` and one at the end, so that a pipe gets no control codes. `unit`
+    names what is counted ("records", "days").
     """
     if console.quiet:
         yield lambda done: None
@@ -66,7 +67,7 @@ def progress_counter(
 
         def line(done: int) -> str:
             share = f" of {total:,} ({done / total:.0%})" if total else ""
-            return f"{label}: {done:,} records{share}, {time.monotonic() - started:.0f} s"
+            return f"{label}: {done:,} {unit}{share}, {time.monotonic() - started:.0f} s"
 
         def plain(done: int) -> None:
             nonlocal last, count
@@ -83,7 +84,7 @@ def progress_counter(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn() if total else TextColumn(""),
-        TextColumn("{task.completed:,.0f} records"),
+        TextColumn("{task.completed:,.0f} " + unit),
         TimeElapsedColumn(),
     ]
     if total:

@@ -265,5 +265,40 @@ def test_output_off_a_terminal_is_plain_and_does_not_wrap(tmp_path: Path) -> Non
     )
     assert 0 == ran.returncode, ran.stderr
     assert "\x1b" not in ran.stdout + ran.stderr
-    assert f"replaying: done, {lines:,} records" in ran.stderr
+    assert f"replaying: done, {lines:,} records of {lines:,} (100%)" in ran.stderr
     assert "consumed == processed + duplicates + dead-lettered: yes" in ran.stdout
+
+
+def test_demo_progress_counts_simulated_days_of_a_known_total() -> None:
+    """
+    Piped, the demo's progress is plain lines in simulated days out of the total it was asked
+    for (so a reader knows how far it is), and `replay`'s lines carry the file's line count.
+    """
+    ran = subprocess.run(
+        [sys.executable, "-m", "churnwatch.cli", "demo", "--customers", "30", "--days", "12"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == ran.returncode, ran.stderr
+    assert "\x1b" not in ran.stdout + ran.stderr
+    assert "replaying: done, 12 days of 12 (100%)" in ran.stderr
+    quiet = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "churnwatch.cli",
+            "demo",
+            "--customers",
+            "30",
+            "--days",
+            "12",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == quiet.returncode, quiet.stderr
+    assert "replaying" not in quiet.stderr
+    assert ran.stdout.splitlines()[:-1] == quiet.stdout.splitlines()[:-1]  # the last has timing

@@ -6,7 +6,7 @@ process, and a report of what churnwatch would have done, how early and how well
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -74,7 +74,8 @@ def run_demo(
         config: the simulated population.
         policy: rules and engine config.
         alerts_out: where to write every alert as the workers would publish it (JSONL).
-        progress: called with the number of records consumed so far, now and then.
+        progress: called with the number of simulated days replayed so far, after each day
+            (with `records`: the number of records consumed, now and then).
         records: replay these records instead of the simulator's (its truths still apply).
     """
     started = time.perf_counter()
@@ -95,18 +96,24 @@ def run_demo(
 
     sim = Simulation(config)
     replay = Replay(policy, on_alert=on_alert, on_dead_letter=on_dead)
-    stream: Iterator[bytes] = iter(records if records is not None else sim.records())
     with fewer_collections():
-        fed = 0
-        for batch in batches(stream):
-            replay.feed_many(batch)
-            if progress is not None:  # at every 20,000 records
-                for mark in range((fed // 20_000 + 1) * 20_000, fed + len(batch) + 1, 20_000):
-                    progress(mark)
-            fed += len(batch)
+        if records is None:
+            for day, records_of_day in enumerate(sim.batches(), start=1):
+                for batch in batches(records_of_day):
+                    replay.feed_many(batch)
+                if progress is not None:
+                    progress(day)
+        else:
+            fed = 0
+            for batch in batches(iter(records)):
+                replay.feed_many(batch)
+                if progress is not None:  # at every 20,000 records
+                    for mark in range((fed // 20_000 + 1) * 20_000, fed + len(batch) + 1, 20_000):
+                        progress(mark)
+                fed += len(batch)
+            if progress is not None:
+                progress(replay.counts.consumed)
         replay.finish()
-    if progress is not None:
-        progress(replay.counts.consumed)
     truths = {
         t.customer_id: ChurnTruth(
             churned=t.churned,
