@@ -21,6 +21,7 @@ import asyncio
 import logging
 import ssl
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from functools import partial
@@ -141,6 +142,12 @@ def raw_topic(app: faust.App, *names: str) -> Any:
 
 def to_record(event: Any) -> Record:
     message = event.message
+    return _record_of(message, timestamp=message.timestamp, token=event)
+
+
+def _record_of(message: Any, *, timestamp: float | None, token: object = None) -> Record:
+    """A record of a faust message or an aiokafka ConsumerRecord (the same fields but the
+    timestamp: faust's in seconds, aiokafka's in milliseconds; the caller gives seconds)."""
     value = message.value
     headers = message.headers or ()
     if isinstance(headers, dict):
@@ -155,8 +162,8 @@ def to_record(event: Any) -> Record:
         offset=message.offset,
         key=message.key,
         value=value if value is not None else b"",
-        timestamp=message.timestamp,
-        token=event,
+        timestamp=timestamp,
+        token=token,
         source=source,
     )
 
@@ -186,7 +193,8 @@ class FaustSink:
 def _acker(stream: Any) -> Any:
     async def ack(records: Sequence[Record]) -> None:
         for record in records:
-            await stream.ack(record.token)
+            if record.token is not None:  # re-read from the log: not the stream's to ack
+                await stream.ack(record.token)
 
     return ack
 
@@ -212,6 +220,7 @@ class WorkerRuntime:
             topics=self.topics,
             highwater=lambda p: self._highwater(self.topics.events, p),
             seek=self._seek_events,
+            reread=self._reread_events,
         )
         self.ingestor = Ingestor(
             settings,
@@ -259,6 +268,56 @@ class WorkerRuntime:
             return None
         value = committed.get(FaustTP(topic, partition))
         return None if value is None else int(value)
+
+    async def _reread_events(self, partition: int, start: int, stop: int) -> list[Record]:
+        """
+        The records of churn.events `partition` from `start` up to `stop` (exclusive), read
+        with a consumer of their own (no group, nothing committed): what a batch that starts
+        after a gap is missing. faust's own seek cannot serve here: records it has already
+        fetched past the gap reach the stream first, and faust then drops the re-fetched ones
+        as already read. Returns what the log gave within the request timeout (possibly less,
+        if the range was deleted by retention).
+        """
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        kafka = self.settings.kafka
+        options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+        if kafka.security_protocol != "PLAINTEXT":
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=None if kafka.ssl_cafile is None else str(kafka.ssl_cafile)
+            )
+        if kafka.security_protocol.startswith("SASL"):
+            options |= {
+                "sasl_mechanism": kafka.sasl_mechanism,
+                "sasl_plain_username": kafka.sasl_username,
+                "sasl_plain_password": (
+                    kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+                ),
+            }
+        tp = TopicPartition(self.topics.events, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers(),
+            client_id=f"{kafka.client_id}-reread",
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=int(self.settings.request_timeout * 1000),
+            **options,
+        )
+        found: list[Record] = []
+        deadline = time.monotonic() + self.settings.request_timeout
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while time.monotonic() < deadline and await consumer.position(tp) < stop:
+                fetched = await consumer.getmany(tp, timeout_ms=500, max_records=stop - start)
+                for message in fetched.get(tp, []):
+                    if start <= message.offset < stop:
+                        at = None if message.timestamp is None else message.timestamp / 1000.0
+                        found.append(_record_of(message, timestamp=at))
+        finally:
+            await consumer.stop()
+        return found
 
     async def _seek_events(self, partition: int, offset: int) -> None:
         await self._seek_to(self.topics.events, partition, offset)

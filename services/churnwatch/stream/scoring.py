@@ -238,6 +238,7 @@ class ScoringWorker:
         topics: TopicNames,
         highwater: Callable[[int], int | None] = lambda _p: None,
         seek: Callable[[int, int], Awaitable[None]] | None = None,
+        reread: Callable[[int, int, int], Awaitable[list[Record]]] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -249,6 +250,7 @@ class ScoringWorker:
         self.checkpoints = Checkpoints(store, settings, metrics, policy)
         self._highwater = highwater
         self._seek = seek
+        self._reread = reread
         self._parts: dict[int, _Partition] = {}
         self.assignments = 0
         """Counts partition assignments; a partition's outbox is recovered once per count."""
@@ -357,6 +359,7 @@ class ScoringWorker:
         async with part.lock:
             await self._ensure_recovered(partition, part)
             meta = await self.store.load_partition(partition)
+            records = await self._fill_gap(partition, meta, records)
             if await self._gap(partition, part, meta, records[0]):
                 return
             records, rest = self._contiguous(meta, records)
@@ -376,6 +379,38 @@ class ScoringWorker:
                 lag = max(0, highwater - (records[-1].offset + 1))
                 self.metrics.consumer_lag.labels(self.topics.events, str(partition)).set(lag)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _fill_gap(
+        self, partition: int, meta: PartitionMeta, records: Sequence[Record]
+    ) -> Sequence[Record]:
+        """
+        The batch with the records before it that were never handled, read again from the log
+        (`reread`), when it starts after a gap: Redis came back behind the offsets the
+        consumer had moved past (a host crash lost its newest writes), or records went missing
+        around a rebalance. The re-read records carry no acknowledgement token (their offsets
+        are below the batch's, which acknowledges them all). When the log does not give the
+        whole range, the batch is returned as it is and `_gap` handles it.
+        """
+        first = records[0]
+        if self._reread is None or meta.last_offset is None:
+            return records
+        start = meta.last_offset + 1
+        if first.offset <= start:
+            return records
+        found = await self._reread(partition, start, first.offset)
+        if [r.offset for r in found] != list(range(start, first.offset)):
+            return records
+        log.warning(
+            "batch.gap_reread",
+            extra={
+                "topic": first.topic,
+                "partition": partition,
+                "offset": first.offset,
+                "expected_offset": start,
+                "records": len(found),
+            },
+        )
+        return [*found, *records]
 
     async def _gap(
         self, partition: int, part: _Partition, meta: PartitionMeta, first: Record
