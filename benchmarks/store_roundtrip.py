@@ -34,7 +34,7 @@ from churnwatch.core.state import CustomerState
 from churnwatch.replay.engine import Replay
 from churnwatch.settings import CoreSettings
 from churnwatch.sim.simulator import SimConfig, Simulation
-from churnwatch.store.redis_store import BatchWrite, HistoryPoint, PartitionMeta, RedisStore
+from churnwatch.store import BatchWrite, HistoryPoint, PartitionMeta, RedisStore
 from churnwatch.store.settings import StoreSettings
 
 

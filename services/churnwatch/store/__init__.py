@@ -3,16 +3,16 @@ churnwatch.store: the Redis store of the streaming workers (states, partition me
 risk sets, the outbox, model checkpoints).
 """
 
-from churnwatch.store.redis_store import (
+from churnwatch.store.layout import (
     BatchWrite,
     CorruptState,
     HistoryPoint,
     Keys,
     OutboxEntry,
     PartitionMeta,
-    RedisStore,
     StoredAlert,
 )
+from churnwatch.store.redis_store import RedisStore
 from churnwatch.store.settings import StoreSettings
 
 __all__ = [

@@ -1,35 +1,15 @@
 """
 The Redis store: customer states with their applied offsets, per-partition meta, due and risk
-sorted sets, the outbox, and model checkpoints, over redis-py's asyncio clients (a single
-server or Redis Cluster).
-
-Key schema (the streaming protocol; every key carries a hash tag):
-
-- `{prefix}:c:{<customer_id>}` HASH: `churnwatch.core.state.to_dict(state)` plus `o:<partition>`,
-  the offset in churn.events of the last event applied to the customer.
-- `{prefix}:p:{<partition>}:meta` HASH (high_water, watermark as ISO, last_offset, and
-  `src:<topic>:<partition>` the last ingest offset handled per source),
-  `...:due` ZSET (customer -> next due time, epoch seconds), `...:risk` ZSET (customer ->
-  churn probability), `...:outbox` HASH (entry id -> JSON of a record still to produce).
-- `{prefix}:c:{<customer_id>}:hist` ZSET (the customer's scorings, event time ->
-  `<epoch ms>|<churn_probability>|<engagement_score>`; the newest `history_kept`), `...:alerts` ZSET
-  (event time -> the alert's JSON as published; the newest `alerts_kept`).
-- `{prefix}:p:{<partition>}:change` ZSET (customer -> risk change since the anchor), and per
-  segment `...:risk:<segment>`, `...:change:<segment>`: the at-risk list's orders.
-- `{prefix}:{alerts}:index` HASH (alert_id -> customer_id); `{prefix}:{fb}:verdicts` HASH
-  (alert_id -> JSON of the CSM's verdict), `{prefix}:{fb}:counts` HASH (`rule|verdict` -> n).
-- `{prefix}:{model}:ckpt:<epoch>` STRING, `{prefix}:{model}:latest` STRING (newest epoch),
-  `{prefix}:{model}:versions` ZSET (epoch -> epoch): `{model}` is a literal hash tag, so the
-  checkpoints live in one slot.
+sorted sets, the outbox, model checkpoints, and the reads of the API, over redis-py's asyncio
+clients (a single server or Redis Cluster). What is kept under which key, and the records and
+codecs of a batch, are in `churnwatch.store.layout`.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias, cast
 
@@ -42,14 +22,28 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from churnwatch.core.errors import ChurnwatchError, ConfigError, StoreUnavailableError
-from churnwatch.core.events import format_ts
-from churnwatch.core.state import CustomerState, from_dict, risk_change, to_dict
+from churnwatch.core.state import CustomerState, risk_change, to_dict
+from churnwatch.store.layout import (
+    OFFSET_FIELD,
+    ORDERS,
+    SOURCE_FIELD,
+    BatchWrite,
+    CorruptState,
+    Keys,
+    OutboxEntry,
+    PartitionMeta,
+    as_text,
+    decode_history,
+    decode_outbox,
+    decode_state,
+    encode_outbox,
+    epoch_seconds,
+    iso_or_empty,
+)
 from churnwatch.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
-OFFSET_FIELD: Final = "o:"
-"""Prefix of the applied-offset fields of a customer hash (`o:<partition>`)."""
 WAITAOF_MIN_VERSION: Final = (7, 2)
 
 Client: TypeAlias = "Redis | RedisCluster"
@@ -102,182 +96,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[4] .. '|' .. ARGV[3], 1)
 return {before, 1}
 """
-ORDERS: Final = ("risk", "change")
-"""The orders of the at-risk list: by churn probability, or by its change."""
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionMeta:
-    """What a scoring worker keeps per partition of churn.events between batches."""
-
-    high_water: datetime | None = None
-    """The largest event time applied on the partition."""
-    watermark: datetime | None = None
-    """high_water less the allowed lateness: the sweep has handled everything due until it."""
-    last_offset: int | None = None
-    """The offset of the last record of churn.events handled on the partition."""
-    sources: Mapping[str, int] = field(default_factory=dict)
-    """Per ingest topic partition (`topic:partition`), the offset of the last ingest record
-    whose forward was handled on the partition (records without a source header: none)."""
-
-
-_SOURCE = "src:"
-"""The prefix of a partition meta field holding `PartitionMeta.sources`."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """A record written to Redis before it is produced (an alert or a training record)."""
-
-    entry_id: str
-    """alert_id or example_id: unique per record, so downstream dedups re-produced ones."""
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class BatchWrite:
-    """Everything one batch of one partition writes, in one call of `RedisStore.write_batch`."""
-
-    partition: int
-    meta: PartitionMeta
-    states: Sequence[tuple[CustomerState, int | None]] = ()
-    """Each state with the offset of the last event applied to it in this batch (None: the
-    batch only swept it, its applied offset stays)."""
-    outbox: Sequence[OutboxEntry] = ()
-    due: Mapping[str, datetime | None] = field(default_factory=dict)
-    """Customer -> next due time of the sweep; None removes the customer from the due set."""
-    history: Sequence[HistoryPoint] = ()
-    """The scorings of this batch, for the customers' score histories."""
-    alerts: Sequence[StoredAlert] = ()
-    """The alerts of this batch, for the customers' alert histories (also in the outbox)."""
-    segments: Sequence[str] = ()
-    """Every segment of the rules: a customer is kept in its own segment's sets only."""
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    """One scoring of one customer, as the score history shows it."""
-
-    customer_id: str
-    at: datetime
-    churn_probability: float
-    engagement_score: float
-
-    def encode(self) -> bytes:
-        """
-        `<epoch ms>|<churn_probability>|<engagement_score>`: short, so that a customer's
-        history (at most 128 members of at most 64 bytes) stays in Redis's compact listpack
-        encoding, about 40 bytes a point.
-        """
-        ms = round(_seconds(self.at, f"history of {self.customer_id!r}") * 1000)
-        return f"{ms}|{self.churn_probability!r}|{self.engagement_score!r}".encode()
-
-
-def decode_history(raw: bytes) -> dict[str, Any]:
-    """A stored history point as the API shows it: at (ISO), churn_probability, score."""
-    ms, p, score = raw.decode().split("|")
-    at = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
-    return {
-        "at": format_ts(at),
-        "churn_probability": float(p),
-        "engagement_score": float(score),
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class StoredAlert:
-    """An alert as the customer's alert history keeps it: its published JSON, by event time."""
-
-    customer_id: str
-    alert_id: str
-    at: datetime
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """The key schema of the streaming protocol under one prefix."""
-
-    prefix: str
-
-    def customer(self, customer_id: str) -> str:
-        return f"{self.prefix}:c:{{{customer_id}}}"
-
-    def partition(self, partition: int, kind: str) -> str:
-        return f"{self.prefix}:p:{{{partition}}}:{kind}"
-
-    def meta(self, partition: int) -> str:
-        return self.partition(partition, "meta")
-
-    def due(self, partition: int) -> str:
-        return self.partition(partition, "due")
-
-    def risk(self, partition: int) -> str:
-        return self.partition(partition, "risk")
-
-    def outbox(self, partition: int) -> str:
-        return self.partition(partition, "outbox")
-
-    def change(self, partition: int) -> str:
-        return self.partition(partition, "change")
-
-    def order(self, partition: int, sort: str, segment: str | None) -> str:
-        """The at-risk order `sort` ("risk" or "change"), of one segment or of all."""
-        return self.partition(partition, sort if segment is None else f"{sort}:{segment}")
-
-    def load_log(self) -> str:
-        """The history `churnwatch load` replayed into this prefix (a list of its records)."""
-        return f"{self.prefix}:load:log"
-
-    def open_alerts(self, partition: int) -> str:
-        """Customers of the partition with an alert that has no verdict yet (zset: the event
-        time of their newest alert, in seconds)."""
-        return self.partition(partition, "open")
-
-    def history(self, customer_id: str) -> str:
-        return f"{self.customer(customer_id)}:hist"
-
-    def alerts(self, customer_id: str) -> str:
-        return f"{self.customer(customer_id)}:alerts"
-
-    def alert_index(self) -> str:
-        return f"{self.prefix}:{{alerts}}:index"
-
-    def verdicts(self) -> str:
-        return f"{self.prefix}:{{fb}}:verdicts"
-
-    def verdict_counts(self) -> str:
-        return f"{self.prefix}:{{fb}}:counts"
-
-    def checkpoint(self, epoch: int) -> str:
-        return f"{self.prefix}:{{model}}:ckpt:{epoch}"
-
-    def latest(self) -> str:
-        return f"{self.prefix}:{{model}}:latest"
-
-    def versions(self) -> str:
-        return f"{self.prefix}:{{model}}:versions"
-
-
-def _seconds(at: datetime, what: str) -> float:
-    if at.tzinfo is None or at.utcoffset() is None:
-        msg = f"{what}: expected a timezone-aware datetime, got naive {at.isoformat()}"
-        raise ValueError(msg)
-    return at.timestamp()
-
-
-def _iso(at: datetime | None, what: str) -> str:
-    if at is None:
-        return ""
-    _seconds(at, what)
-    return at.isoformat()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -307,76 +125,9 @@ def waitaof_reason(version: str | None, appendonly: str | None) -> str | None:
     return None
 
 
-def encode_outbox(entry: OutboxEntry, seq: tuple[int, int]) -> bytes:
-    """The outbox hash value of an entry; `seq` orders entries for re-production."""
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return orjson.dumps(
-        {
-            "topic": entry.topic,
-            "key_b64": None if entry.key is None else b64(entry.key),
-            "value_b64": b64(entry.value),
-            "headers": [[name, b64(value)] for name, value in entry.headers],
-            "seq": list(seq),
-        }
-    )
-
-
-def decode_outbox(entry_id: str, raw: bytes) -> tuple[tuple[int, int], OutboxEntry]:
-    """The inverse of `encode_outbox`: (seq, entry)."""
-    data = orjson.loads(raw)
-    key = data["key_b64"]
-    entry = OutboxEntry(
-        entry_id=entry_id,
-        topic=data["topic"],
-        key=None if key is None else base64.b64decode(key),
-        value=base64.b64decode(data["value_b64"]),
-        headers=tuple((name, base64.b64decode(value)) for name, value in data["headers"]),
-    )
-    seq = data["seq"]
-    return (int(seq[0]), int(seq[1])), entry
-
-
 def _hash(reply: object) -> dict[bytes, bytes]:
     # redis-py types HGETALL loosely; with decode_responses=False it is bytes -> bytes.
     return cast(dict[bytes, bytes], reply)
-
-
-@dataclass(frozen=True, slots=True)
-class CorruptState:
-    """A customer's stored state that cannot be read: what `load_states` reports, with its bytes."""
-
-    customer_id: str
-    key: str
-    message: str
-    raw: bytes
-    """The hash as read (a JSON list of field names and values)."""
-
-
-def _decode_state(key: str, reply: bytes) -> tuple[CustomerState, dict[int, int]] | None:
-    """
-    A `_READ_STATE` reply as (state, applied offsets by partition); None: no such key.
-
-    Raises:
-        ValueError: the hash is not a customer state; the message says why.
-    """
-    flat = orjson.loads(reply)
-    if not flat:
-        return None
-    fields: dict[str, str] = {}
-    offsets: dict[int, int] = {}
-    for name, value in zip(flat[::2], flat[1::2], strict=True):
-        if name.startswith(OFFSET_FIELD):
-            try:
-                offsets[int(name[len(OFFSET_FIELD) :])] = int(value)
-            except ValueError:
-                msg = f"applied offset {name!r}: expected an integer, got {value!r}"
-                raise ValueError(msg) from None
-        else:
-            fields[name] = value
-    return from_dict(fields), offsets
 
 
 class RedisStore:
@@ -525,7 +276,7 @@ class RedisStore:
         try:
             reply = cast(Mapping[Any, Any], await client.config_get("appendonly"))
             raw = reply.get(b"appendonly", reply.get("appendonly"))
-            appendonly: str | None = None if raw is None else _text(raw)
+            appendonly: str | None = None if raw is None else as_text(raw)
         except ResponseError:
             appendonly = None  # CONFIG renamed away or refused by an ACL
         reason = waitaof_reason(version, appendonly)
@@ -636,7 +387,7 @@ class RedisStore:
         found: dict[str, tuple[CustomerState, dict[int, int]]] = {}
         for cid, key, reply in zip(ids, keys, replies, strict=True):
             try:
-                decoded = _decode_state(key, reply)
+                decoded = decode_state(key, reply)
             except ValueError as exc:
                 if corrupt is None:
                     msg = f"redis store: key {key!r} does not hold a customer state: {exc}"
@@ -661,7 +412,9 @@ class RedisStore:
         high_water = data.get("high_water") or None
         watermark = data.get("watermark") or None
         last_offset = data.get("last_offset") or None
-        sources = {k[len(_SOURCE) :]: int(v) for k, v in data.items() if k.startswith(_SOURCE)}
+        sources = {
+            k[len(SOURCE_FIELD) :]: int(v) for k, v in data.items() if k.startswith(SOURCE_FIELD)
+        }
         return PartitionMeta(
             high_water=None if high_water is None else datetime.fromisoformat(high_water),
             watermark=None if watermark is None else datetime.fromisoformat(watermark),
@@ -673,12 +426,12 @@ class RedisStore:
         self, partition: int, until: datetime, limit: int = 10_000
     ) -> list[str]:
         """The customers of the partition whose next due time is at or before `until`."""
-        score = _seconds(until, "due_customers until")
+        score = epoch_seconds(until, "due_customers until")
         async with self._op("due_customers") as client:
             members = await client.zrangebyscore(
                 self.keys.due(partition), "-inf", score, start=0, num=limit
             )
-        return [_text(m) for m in cast(list[bytes], members)]
+        return [as_text(m) for m in cast(list[bytes], members)]
 
     def _batch_commands(self, batch: BatchWrite) -> tuple[list[Command], ...]:
         keys, p = self.keys, batch.partition
@@ -715,7 +468,7 @@ class RedisStore:
             if due_at is None:
                 due_rem.append(customer_id)
             else:
-                due_add += [_seconds(due_at, f"due of {customer_id!r}"), customer_id]
+                due_add += [epoch_seconds(due_at, f"due of {customer_id!r}"), customer_id]
         if due_add:
             part.append(("ZADD", keys.due(p), *due_add))
         if due_rem:
@@ -725,7 +478,7 @@ class RedisStore:
         if batch.alerts:
             newest: dict[str, float] = {}
             for alert in batch.alerts:
-                at = _seconds(alert.at, f"alert {alert.alert_id!r}")
+                at = epoch_seconds(alert.at, f"alert {alert.alert_id!r}")
                 newest[alert.customer_id] = max(at, newest.get(alert.customer_id, at))
             opened = [x for cid, at in sorted(newest.items()) for x in (at, cid)]
             part.append(("ZADD", keys.open_alerts(p), "GT", *opened))
@@ -735,12 +488,12 @@ class RedisStore:
                 "HSET",
                 keys.meta(p),
                 "high_water",
-                _iso(meta.high_water, "meta.high_water"),
+                iso_or_empty(meta.high_water, "meta.high_water"),
                 "watermark",
-                _iso(meta.watermark, "meta.watermark"),
+                iso_or_empty(meta.watermark, "meta.watermark"),
                 "last_offset",
                 "" if meta.last_offset is None else str(meta.last_offset),
-                *(x for k, v in sorted(meta.sources.items()) for x in (_SOURCE + k, str(v))),
+                *(x for k, v in sorted(meta.sources.items()) for x in (SOURCE_FIELD + k, str(v))),
             )
         )
         return outbox, states, part
@@ -778,7 +531,7 @@ class RedisStore:
         commands: list[Command] = []
         points: dict[str, list[Any]] = {}
         for point in batch.history:
-            at = _seconds(point.at, f"history of {point.customer_id!r}")
+            at = epoch_seconds(point.at, f"history of {point.customer_id!r}")
             points.setdefault(point.customer_id, []).extend((at, point.encode()))
         for cid, pairs in points.items():
             commands.append(("ZADD", keys.history(cid), *pairs))
@@ -786,7 +539,7 @@ class RedisStore:
         alerts: dict[str, list[Any]] = {}
         index: list[str] = []
         for alert in batch.alerts:
-            at = _seconds(alert.at, f"alert {alert.alert_id!r}")
+            at = epoch_seconds(alert.at, f"alert {alert.alert_id!r}")
             alerts.setdefault(alert.customer_id, []).extend((at, alert.value))
             index += [alert.alert_id, alert.customer_id]
         for cid, pairs in alerts.items():
@@ -892,7 +645,7 @@ class RedisStore:
                     ("ZREVRANGE", keys.versions(), 0, -1),
                 ],
             )
-            epochs = [int(_text(e)) for e in replies[-1]]
+            epochs = [int(as_text(e)) for e in replies[-1]]
             trim = epochs[kept:]
             tidy: list[Command] = [("SET", keys.latest(), str(epochs[0]))]
             tidy += [("DEL", keys.checkpoint(old)) for old in trim]
@@ -951,7 +704,7 @@ class RedisStore:
             replies = await self._pipeline(
                 client, [("ZREVRANGE", key, 0, stop, "WITHSCORES") for key in keys]
             )
-        merged = [(_text(m), float(s)) for reply in replies for m, s in reply]
+        merged = [(as_text(m), float(s)) for reply in replies for m, s in reply]
         merged.sort(key=lambda item: (item[1], item[0]), reverse=True)
         return merged[offset : offset + limit]
 
@@ -989,8 +742,8 @@ class RedisStore:
             per = len(wanted) + 1
             for i, p in enumerate(parts):
                 chunk = replies[i * per : (i + 1) * per]
-                found[p] = {_text(m) for reply in chunk[:-1] for m in reply}
-                opened[p] = [_text(m) for m in chunk[-1] if _text(m) not in found[p]]
+                found[p] = {as_text(m) for reply in chunk[:-1] for m in reply}
+                opened[p] = [as_text(m) for m in chunk[-1] if as_text(m) not in found[p]]
             # The open ones count while still in the order asked for (listed, of the segment).
             with_open = [p for p in parts if opened[p]]
             listed = await self._pipeline(
@@ -1061,7 +814,7 @@ class RedisStore:
         found: set[str] = set()
         async with self._op("customer_ids") as client:
             async for key in client.scan_iter(match=pattern, count=1000):
-                text = _text(key)
+                text = as_text(key)
                 if text.startswith(head) and text.endswith("}"):
                     found.add(text[len(head) : -1])
         return sorted(found)
@@ -1073,7 +826,7 @@ class RedisStore:
         Each customer's kept scorings after `since` and the newest one up to it, as (event
         time, churn probability), oldest first; one pipeline.
         """
-        at = _seconds(since, "histories_since")
+        at = epoch_seconds(since, "histories_since")
         commands: list[Command] = []
         for cid in customer_ids:
             key = self.keys.history(cid)
@@ -1096,7 +849,7 @@ class RedisStore:
         self, customer_ids: Sequence[str], since: datetime
     ) -> dict[str, list[bytes]]:
         """Each customer's kept alerts (their JSON) after `since`, oldest first; one pipeline."""
-        at = f"({_seconds(since, 'alerts_since')!r}"
+        at = f"({epoch_seconds(since, 'alerts_since')!r}"
         commands = [("ZRANGEBYSCORE", self.keys.alerts(cid), at, "+inf") for cid in customer_ids]
         async with self._op("alerts_since") as client:
             replies = await self._pipeline(client, commands) if commands else []
@@ -1107,13 +860,13 @@ class RedisStore:
         keys = [self.keys.open_alerts(p) for p in dict.fromkeys(partitions)]
         async with self._op("open_alert_customers") as client:
             replies = await self._pipeline(client, [("ZRANGE", key, 0, -1) for key in keys])
-        return {_text(m) for reply in replies for m in reply}
+        return {as_text(m) for reply in replies for m in reply}
 
     async def alert_customer(self, alert_id: str) -> str | None:
         """The customer an alert was for, or None for an alert the store never saw."""
         async with self._op("alert_customer") as client:
             found = await client.hget(self.keys.alert_index(), alert_id)
-        return None if found is None else _text(found)
+        return None if found is None else as_text(found)
 
     # -- feedback on alerts --------------------------------------------------------------
     async def set_verdict(
@@ -1144,7 +897,7 @@ class RedisStore:
                 rule,
             )
             [(previous, changed)] = await self._pipeline(client, [command])
-        before = _text(previous)
+        before = as_text(previous)
         return (before or None), bool(int(changed))
 
     async def verdicts(self, alert_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -1161,7 +914,7 @@ class RedisStore:
         found: dict[str, dict[str, Any]] = {}
         async with self._op("all_verdicts") as client:
             async for key, value in client.hscan_iter(self.keys.verdicts(), count=1000):
-                found[_text(key)] = orjson.loads(value)
+                found[as_text(key)] = orjson.loads(value)
         return found
 
     async def verdict_counts(self) -> dict[tuple[str, str], int]:
