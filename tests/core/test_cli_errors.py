@@ -78,6 +78,7 @@ def test_the_api_with_redis_away_says_so_and_never_its_url() -> None:
     env = {
         "CHURNWATCH_REDIS_URL": f"redis://127.0.0.1:{free_port()}",
         "CHURNWATCH_API_PORT": str(free_port()),
+        "CHURNWATCH_API_AUTH": "off",
     }
     result = CliRunner().invoke(main, ["api"], env=env)
     assert 1 == result.exit_code, result.output

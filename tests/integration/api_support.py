@@ -34,6 +34,7 @@ PARTITIONS = 3
 class HttpReply:
     status: int
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +50,12 @@ class ApiSite:
     loaded: Loaded | None = None
     server: ApiServer | None = None
     added: int = 0
+    auth: dict[str, Any] = field(default_factory=lambda: {"auth": "off"})
+    """The API's auth settings (`auth`, `read_token`, `write_token`); off: loopback tests."""
+    token: str | None = None
+    """The bearer token `request` sends (None: none)."""
+    tokens: dict[str, str] = field(default_factory=dict)
+    """The read and write tokens of a guarded site (`guarded_api_site`)."""
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
@@ -56,7 +63,9 @@ class ApiSite:
     def start(self) -> None:
         threading.Thread(target=self.loop.run_forever, daemon=True, name="api-site").start()
         store_settings = StoreSettings(url=self.redis_url, prefix=self.prefix)
-        self.settings = ApiSettings(port=0, redis=store_settings, topic_partitions=PARTITIONS)
+        self.settings = ApiSettings(
+            port=0, redis=store_settings, topic_partitions=PARTITIONS, **self.auth
+        )
         self.store = RedisStore(store_settings)
         self.call(self.store.start())
         records = list(Simulation(SimConfig(self.customers, self.days, seed=self.seed)).records())
@@ -126,17 +135,18 @@ class ApiSite:
 
     def request(self, method: str, path: str, body: Any = None) -> HttpReply:
         data = None if body is None else orjson.dumps(body)
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
-                raw, status = reply.read(), reply.status
+                raw, status, got = reply.read(), reply.status, dict(reply.headers)
         except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
+            raw, status, got = exc.read(), exc.code, dict(exc.headers)
         text = raw.decode()
         is_json = text.startswith(("{", "["))
-        return HttpReply(status, orjson.loads(raw) if is_json else text)
+        return HttpReply(status, orjson.loads(raw) if is_json else text, got)
 
     def get_json(self, path: str) -> Any:
         reply = self.request("GET", path)

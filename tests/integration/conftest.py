@@ -130,3 +130,21 @@ def api_site(redis_url: str, redis_prefix: str) -> Iterator[Any]:
         yield site
     finally:
         site.close()
+
+
+@pytest.fixture
+def guarded_api_site(redis_url: str, redis_prefix: str) -> Iterator[Any]:
+    """
+    `api_site` with its tokens on (CHURNWATCH_API_AUTH=tokens): `site.tokens` holds the read
+    and the write token, fresh for each test; `site.token` (what its requests send) is None.
+    """
+    from api_support import ApiSite
+
+    tokens = {"read": f"read-{uuid4().hex}", "write": f"write-{uuid4().hex}"}
+    auth = {"auth": "tokens", "read_token": tokens["read"], "write_token": tokens["write"]}
+    site = ApiSite(redis_url, redis_prefix, auth=auth, tokens=tokens)
+    site.start()
+    try:
+        yield site
+    finally:
+        site.close()

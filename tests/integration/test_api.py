@@ -444,3 +444,89 @@ def test_the_overview_sums_the_stored_base_and_follows_verdicts(api_site: Any) -
     assert 2 == wrong.returncode
     assert "weeks" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_tokens_guard_every_api_route_but_health_metrics_and_the_page(
+    guarded_api_site: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    With tokens on: every /api/ route answers 401 (naming `authorization`, with a Bearer
+    challenge) without a token or with a wrong one; the read token reads and gets 403 on a
+    verdict; the write token reads and gives verdicts; /healthz, /metrics, /openapi.json and
+    the page need none; no token is ever logged.
+    """
+    site = guarded_api_site
+    alert = site.loaded.alerts[0]
+    feedback = f"/api/v1/alerts/{alert.alert_id}/feedback"
+    reads = [
+        "/api/v1/at-risk",
+        f"/api/v1/customers/{alert.customer_id}",
+        f"/api/v1/alerts/{alert.alert_id}",
+        "/api/v1/overview",
+    ]
+    for token in (None, "nope", site.tokens["read"] + "x", ""):
+        site.token = token
+        for path in reads:
+            reply = site.request("GET", path)
+            assert (401, "authorization") == (reply.status, reply.body["parameter"]), path
+            assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+        assert 401 == site.request("POST", feedback, {"verdict": "useful"}).status
+    for path in ("/healthz", "/metrics", "/openapi.json", "/", "/overview", "/static/auth.js"):
+        assert 200 == site.request("GET", path).status, path
+    spec = site.request("GET", "/openapi.json").body
+    assert "bearer" == spec["components"]["securitySchemes"]["bearer"]["scheme"]
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            assert (path.startswith("/api/")) == ("security" in operation), path
+    site.token = site.tokens["read"]
+    for path in reads:
+        assert 200 == site.request("GET", path).status, path
+    refused = site.request("POST", feedback, {"verdict": "useful"})
+    assert (403, "authorization") == (refused.status, refused.body["parameter"])
+    assert "may read, not give verdicts" in refused.body["error"]
+    assert site.get_json(f"/api/v1/alerts/{alert.alert_id}")["verdict"] is None
+    site.token = site.tokens["write"]
+    assert 200 == site.request("GET", "/api/v1/at-risk").status
+    given = site.request("POST", feedback, {"verdict": "useful"})
+    assert (200, True) == (given.status, given.body["changed"])
+    for secret in site.tokens.values():
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({}, "the API needs its tokens: set CHURNWATCH_API_READ_TOKEN"),
+        (
+            {"CHURNWATCH_API_AUTH": "off", "CHURNWATCH_API_HOST": "0.0.0.0"},
+            "only for a loopback host",
+        ),
+        (
+            {"CHURNWATCH_API_READ_TOKEN": "same", "CHURNWATCH_API_WRITE_TOKEN": "same"},
+            "different from each other",
+        ),
+        (
+            {"CHURNWATCH_API_AUTH": "maybe"},
+            "CHURNWATCH_API_AUTH: Input should be 'tokens' or 'off'",
+        ),
+    ],
+)
+def test_churnwatch_api_refuses_to_serve_unguarded(env: dict[str, str], said: str) -> None:
+    """
+    `churnwatch api` without tokens, with auth off on a non-loopback host, or with one token
+    for both is a one-line error (exit code 2; 1 for a value the settings reject, as for every
+    setting) before it connects to anything.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHURNWATCH_")}
+    ran = subprocess.run(
+        [sys.executable, "-m", "churnwatch.cli", "api", "--port", str(free_port())],
+        env={**base, "CHURNWATCH_REDIS_URL": "redis://127.0.0.1:1/0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (1 if "maybe" in env.values() else 2) == ran.returncode, ran.stderr
+    assert said in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert 1 == len(ran.stderr.strip().splitlines())
+    assert "same" not in ran.stderr  # a token is never repeated back

@@ -7,10 +7,11 @@ longer matches the commands, fails here.
 
 What is not run as written: `. .venv/bin/activate` (this interpreter's scripts are on PATH
 instead); `eval "$(bash deploy/local/stack.sh up)"` (the services are the tests' own, from
-CHURNWATCH_TEST_REDIS); `churnwatch api`, which the README runs in a second terminal, runs in
-the background on a free port until its page and overview answer, and is then stopped by its
-PID; ALERT_ID is an open alert's id shown by `at-risk --alerts`. The customer and rule of
-`feedback --customer` are the README's own: the test checks that customer has such an alert.
+CHURNWATCH_TEST_REDIS); `churnwatch api` (with the README's settings before it), which the
+README runs in a second terminal, runs in the background on a free port until its page and
+overview answer, and is then stopped by its PID; ALERT_ID is an open alert's id shown by
+`at-risk --alerts`. The customer and rule of `feedback --customer` are the README's own: the
+test checks that customer has such an alert.
 """
 
 from __future__ import annotations
@@ -126,8 +127,10 @@ def test_the_at_risk_tour_runs_as_written(
     api: subprocess.Popen[str] | None = None
     try:
         for line in lines[2:]:
-            if line == "churnwatch api":
-                api, url = _serve(line, tmp_path, env)
+            if line.endswith("churnwatch api"):
+                words = shlex.split(line)
+                given = dict(w.split("=", 1) for w in words if "=" in w)
+                api, url = _serve("churnwatch api", tmp_path, env | given)
                 with urllib.request.urlopen(f"{url}/overview", timeout=30) as reply:
                     assert 200 == reply.status
                 with urllib.request.urlopen(f"{url}/api/v1/overview", timeout=30) as reply:

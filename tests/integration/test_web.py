@@ -399,3 +399,52 @@ def test_the_overview_shows_the_base_as_the_api_counts_it(
     expect(newest_row.get_by_test_id("saved")).to_have_text("1")
     assert_not_reloaded(page)
     assert [] == script_errors
+
+
+def test_with_tokens_the_page_asks_for_one_and_a_read_token_cannot_judge(
+    guarded_api_site: Any, page: Page, script_errors: list[str]
+) -> None:
+    """
+    With tokens on, the page asks for one when the API answers 401; with the read token it
+    lists the customers and the overview, and a verdict is refused with the API's 403 in
+    words; a wrong token is asked for again. A `by` holding HTML with a script and an
+    onerror handler, stored with the write token, is shown as text and never runs.
+    """
+    site = guarded_api_site
+    customer_id = site.expected_order[0]
+    alert_id = site.add_alert(customer_id)
+    site.token = site.tokens["write"]
+    script = "<img src=x onerror=window.__cwPwned=1><script>window.__cwPwned=2</script>"[:64]
+    reply = site.request(
+        "POST", f"/api/v1/alerts/{alert_id}/feedback", {"verdict": "useful", "by": script}
+    )
+    assert 200 == reply.status, reply.body
+    page.goto(page_url(site))
+    form = page.get_by_test_id("token-form")
+    expect(form).to_be_visible()
+    expect(page.get_by_test_id("error")).to_contain_text("401")
+    page.get_by_test_id("token").fill("not-the-token")
+    form.get_by_role("button").click()
+    expect(form).to_be_visible()  # refused: asked again
+    page.get_by_test_id("token").fill(site.tokens["read"])
+    form.get_by_role("button").click()
+    expect(form).to_be_hidden()
+    rows = page.get_by_test_id("at-risk-row")
+    expect(rows.first).to_be_visible()
+    expect(page.get_by_test_id("error")).to_be_hidden()
+
+    page.goto(page_url(site, f"#/customer/{quote(customer_id, safe='')}"))
+    item = page.locator(f'[data-testid="alert"][data-alert-id="{alert_id}"]')
+    expect(item.get_by_test_id("verdict-by")).to_contain_text(f"by {script}")
+    item.get_by_test_id("feedback-lost").click()
+    expect(page.get_by_test_id("error")).to_contain_text("may read, not give verdicts")
+    site.token = site.tokens["read"]
+    stored = site.get_json(f"/api/v1/alerts/{alert_id}")["verdict"]
+    assert "useful" == stored["verdict"]
+
+    page.goto(f"{site.url}/overview?refresh={REFRESH_MS}")  # the token stays with the tab
+    expect(page.get_by_test_id("tile-customers")).to_have_text(
+        f"{site.get_json('/api/v1/overview')['customers']:,}"
+    )
+    assert page.evaluate("window.__cwPwned === undefined")
+    assert [] == script_errors

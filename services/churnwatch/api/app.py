@@ -14,13 +14,21 @@ Routes (described in /openapi.json):
 | GET /, /overview, /static/...           | the web page: the list and the overview           |
 
 Errors are JSON, `{"error": "...", "parameter": "..."}`, with a 4xx naming the parameter.
+
+Every /api/ route asks for a bearer token (`Authorization: Bearer <token>`): the read token
+(CHURNWATCH_API_READ_TOKEN) for a GET, the write token (CHURNWATCH_API_WRITE_TOKEN) for a GET or
+a verdict; 401 without a valid one, 403 for a verdict with the read token. /healthz, /metrics
+(probes and Prometheus), /openapi.json and the page's own files hold no customer data and need
+none; the page asks for a token when the API answers 401. `CHURNWATCH_API_AUTH=off` serves
+without tokens, on a loopback host only. Tokens are compared in constant time, never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -50,8 +58,41 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, parameter: str | None, message: str) -> web.Response:
-    return _json({"error": message, "parameter": parameter}, status=status)
+def _error(
+    status: int, parameter: str | None, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    response = _json({"error": message, "parameter": parameter}, status=status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The bearer token of every /api/ route (see the module's docstring)."""
+    settings = request.app[SETTINGS_KEY]
+    if settings.auth == "off" or not request.path.startswith("/api/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    unauthorized = {"WWW-Authenticate": 'Bearer realm="churnwatch"'}
+    if scheme.lower() != "bearer" or not given.strip():
+        msg = "authorization: a bearer token is required (Authorization: Bearer <token>)"
+        return _error(401, "authorization", msg, headers=unauthorized)
+    offered = given.strip().encode()
+    may = None
+    for level, token in (("write", settings.write_token), ("read", settings.read_token)):
+        # compare_digest against every configured token: the time says nothing of which
+        if token is not None and hmac.compare_digest(offered, token.get_secret_value().encode()):
+            may = may or level
+    if may is None:
+        return _error(
+            401, "authorization", "authorization: the token is not valid", headers=unauthorized
+        )
+    if request.method not in ("GET", "HEAD") and may != "write":
+        msg = "authorization: this token may read, not give verdicts (the write token may)"
+        return _error(403, "authorization", msg)
+    return await handler(request)
 
 
 @web.middleware
@@ -178,7 +219,7 @@ async def overview_page(request: web.Request) -> web.FileResponse:
 
 def create_app(views: Views, settings: ApiSettings, registry: CollectorRegistry) -> web.Application:
     """The aiohttp application over `views` (whose store the caller starts and closes)."""
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=64 * 1024)
     app[VIEWS_KEY] = views
     app[SETTINGS_KEY] = settings
     app[REGISTRY_KEY] = registry
@@ -221,6 +262,11 @@ class ApiServer:
         return f"http://{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
+        """
+        Raises:
+            ConfigError: the settings would serve /api/ unguarded (`ApiSettings.check_auth`).
+        """
+        self.settings.check_auth()
         await self.store.start()
         app = create_app(self.views, self.settings, self.registry)
         self._runner = web.AppRunner(app, access_log=None)

@@ -64,11 +64,13 @@ def api(host: str | None, port: int | None) -> None:
     from churnwatch.api.app import serve_forever
 
     settings = _settings({"host": host, "port": port})
+    settings.check_auth()  # before anything starts: a one-line error, exit code 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     def ready() -> None:
         # Said once it serves: before, an unreachable Redis would follow a URL that never works.
-        click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/", err=True)
+        guard = "no tokens (CHURNWATCH_API_AUTH=off)" if settings.auth == "off" else "tokens"
+        click.echo(f"churnwatch api on http://{settings.host}:{settings.port}/ ({guard})", err=True)
 
     async def main() -> None:
         task = asyncio.current_task()

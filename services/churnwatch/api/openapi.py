@@ -61,6 +61,29 @@ def openapi_spec(segments: Sequence[str]) -> dict[str, Any]:
     """The spec, with the segments of the rules file the API runs with."""
     alert_schema = AlertRecord.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = alert_schema.pop("$defs", {})
+    spec = _spec(segments, alert_schema, defs)
+    # Every /api/ route asks for a bearer token (CHURNWATCH_API_AUTH=off: none, loopback only).
+    spec["components"]["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "CHURNWATCH_API_READ_TOKEN reads; CHURNWATCH_API_WRITE_TOKEN reads "
+            "and gives verdicts (403 for a verdict with the read token).",
+        }
+    }
+    for path, item in spec["paths"].items():
+        if path.startswith("/api/"):
+            for operation in item.values():
+                operation["security"] = [{"bearer": []}]
+                operation["responses"] |= _errors(401)
+                if "post" in item and operation is item["post"]:
+                    operation["responses"] |= _errors(403)
+    return spec
+
+
+def _spec(
+    segments: Sequence[str], alert_schema: dict[str, Any], defs: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

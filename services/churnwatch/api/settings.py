@@ -7,8 +7,12 @@ file, the model epoch) from `CHURNWATCH_*`, as in every other process.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import ipaddress
+from typing import Literal
 
+from pydantic import AliasChoices, Field, SecretStr
+
+from churnwatch.core.errors import ConfigError
 from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
 from churnwatch.settings import CoreSettings
@@ -64,4 +68,63 @@ class ApiSettings(CoreSettings):
         description="How long the overview (a read of every customer) is served from memory "
         "before it is computed again (0: every request).",
     )
+    auth: Literal["tokens", "off"] = Field(
+        validation_alias=_env("auth"),
+        default="tokens",
+        description="`tokens`: every /api/ route asks for a bearer token (the read or the "
+        "write token); `off`: none, for a demo on a loopback address only.",
+    )
+    read_token: SecretStr | None = Field(
+        validation_alias=_env("read_token"),
+        default=None,
+        description="The bearer token that may read the /api/ routes (never logged).",
+    )
+    write_token: SecretStr | None = Field(
+        validation_alias=_env("write_token"),
+        default=None,
+        description="The bearer token that may read and give verdicts (never logged).",
+    )
     redis: StoreSettings = Field(default_factory=StoreSettings)
+
+    def check_auth(self) -> None:
+        """
+        Refuse to serve customers' data unguarded: tokens unless auth is `off`, and `off`
+        only on a loopback host.
+
+        Raises:
+            ConfigError: the settings would serve /api/ to whoever reaches the port.
+        """
+        if self.auth == "off":
+            if not is_loopback(self.host):
+                msg = (
+                    f"CHURNWATCH_API_AUTH=off serves customers' data to anyone who can reach "
+                    f"the port: only for a loopback host (127.0.0.1, ::1, localhost), got "
+                    f"CHURNWATCH_API_HOST={self.host!r}; set CHURNWATCH_API_READ_TOKEN and "
+                    f"CHURNWATCH_API_WRITE_TOKEN instead"
+                )
+                raise ConfigError(msg)
+            return
+        tokens = [t.get_secret_value() for t in (self.read_token, self.write_token) if t]
+        if not tokens:
+            msg = (
+                "the API needs its tokens: set CHURNWATCH_API_READ_TOKEN (reads) and "
+                "CHURNWATCH_API_WRITE_TOKEN (reads and verdicts), or CHURNWATCH_API_AUTH=off "
+                "for a demo on a loopback host"
+            )
+            raise ConfigError(msg)
+        if any(not t.strip() for t in tokens) or len(set(tokens)) != len(tokens):
+            msg = (
+                "CHURNWATCH_API_READ_TOKEN and CHURNWATCH_API_WRITE_TOKEN: expected non-blank "
+                "tokens, different from each other"
+            )
+            raise ConfigError(msg)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names a loopback address (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

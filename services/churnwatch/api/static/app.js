@@ -4,6 +4,8 @@
 // user's focus and scroll survive the polling. `?limit=` sets the page size (default 50).
 // Data from the API is written with textContent only, never as HTML.
 
+import { askForToken, authHeaders, forgetToken } from "./auth.js";
+
 const API = "/api/v1";
 const DEFAULT_PAGE_SIZE = 50;
 const MAX_PAGE_SIZE = 500;
@@ -135,12 +137,20 @@ function describeError(response, text) {
 async function request(url, options = {}) {
   let response;
   try {
-    response = await fetch(url, { ...options, headers: { Accept: "application/json", ...options.headers } });
+    response = await fetch(url, {
+      ...options,
+      headers: { Accept: "application/json", ...authHeaders(), ...options.headers },
+    });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new Error(`Could not reach the API at ${url}: ${err.message}`);
   }
   const text = await response.text();
+  if (response.status === 401) {
+    // No token, or one the API refused: ask for one, and poll again once it is given.
+    forgetToken();
+    askForToken("This API asks for a token (the read token, or the write token to give verdicts).", restart);
+  }
   if (!response.ok) throw new Error(describeError(response, text));
   return text;
 }

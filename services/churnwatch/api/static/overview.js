@@ -2,6 +2,8 @@
 // every `?refresh=` ms (default 10000, the API caches it 10 s) and re-rendered only when the
 // JSON text changed. Plain ES2020, no build step; data is written with textContent only.
 
+import { askForToken, authHeaders, forgetToken } from "./auth.js";
+
 const API = "/api/v1/overview";
 const DEFAULT_REFRESH_MS = 10000;
 const MIN_REFRESH_MS = 100;
@@ -228,9 +230,13 @@ let generation = 0;
 async function tick(mine) {
   const url = `${API}?weeks=${encodeURIComponent(el.weeks.value)}`;
   try {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const response = await fetch(url, { headers: { Accept: "application/json", ...authHeaders() } });
     const text = await response.text();
     if (mine !== generation) return;
+    if (response.status === 401) {
+      forgetToken();
+      askForToken("This API asks for a token (the read token is enough here).", restart);
+    }
     if (!response.ok) {
       let what = text.trim().slice(0, 200);
       try {
