@@ -7,6 +7,7 @@ never sees a settings object, only the frozen values they build (`to_engine_conf
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,3 +78,13 @@ class CoreSettings(BaseSettings):
 
     def to_policy(self) -> Policy:
         return Policy.build(self.load_rules(), self.to_engine_config())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names a loopback address (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -7,7 +7,6 @@ file, the model epoch) from `CHURNWATCH_*`, as in every other process.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -15,7 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from churnwatch.core.errors import ConfigError
 from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
-from churnwatch.settings import CoreSettings
+from churnwatch.settings import CoreSettings, is_loopback
 from churnwatch.store.settings import StoreSettings
 
 
@@ -118,13 +117,3 @@ class ApiSettings(CoreSettings):
                 "tokens, different from each other"
             )
             raise ConfigError(msg)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names a loopback address (127.0.0.0/8, ::1 or localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -16,7 +16,6 @@ Lists and mappings (`CHURNWATCH_NOTIFY_ROUTES`) are JSON. Every secret is a `Sec
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -28,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from churnwatch.core.alerts import AlertSeverity
 from churnwatch.core.partitioning import DEFAULT_PARTITIONS
 from churnwatch.metrics import DEFAULT_METRICS_PORTS
+from churnwatch.settings import is_loopback
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -145,15 +145,6 @@ class NotifyRedisSettings(BaseSettings):
         return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SmtpSettings(BaseSettings):
     """The SMTP relay for alert and digest emails (`CHURNWATCH_NOTIFY_SMTP_*`)."""
 
@@ -182,7 +173,7 @@ class SmtpSettings(BaseSettings):
             self.username is not None
             and not self.starttls
             and not self.allow_plaintext_login
-            and not _is_loopback(self.host or "")
+            and not is_loopback(self.host or "")
         ):
             msg = (
                 f"smtp login to {self.host} would send the password in clear: expected "
