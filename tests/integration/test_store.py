@@ -645,3 +645,48 @@ def test_settings_reject_bad_values(kwargs: dict[str, Any], field: str) -> None:
     """
     with pytest.raises(ValueError, match=field):
         StoreSettings(**kwargs)
+
+
+def test_every_prefix_of_a_batch_write_keeps_states_behind_their_due_entries_and_meta(
+    redis_url: str, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """
+    Redis applies a batch's pipeline in order, and a crash or a shutdown can keep any prefix
+    of it. For every prefix, applied alone under a prefix of its own: a customer whose state
+    (with its applied offset) is written also has its due entry (the retry skips that
+    customer's events as applied and would never write the entry again), and the partition
+    meta is written only once every state is.
+    """
+    states = real_states(["p1", "p2", "p3"])
+    due = {cid: s.last_activity_at + timedelta(days=7) for cid, s in states.items()}
+    write = batch(
+        0,
+        [(s, 40 + i) for i, s in enumerate(states.values())],
+        due=due,
+        meta=PartitionMeta(last_offset=42),
+    )
+    commands = [
+        c
+        for phase in RedisStore(StoreSettings(url=redis_url))._batch_commands(write)
+        for c in phase
+    ]
+    assert len(commands) > 5
+    for k in range(len(commands) + 1):
+        prefix = f"{redis_prefix}-{k}"
+        store = RedisStore(StoreSettings(url=redis_url, prefix=prefix))
+        for command in [c for phase in store._batch_commands(write) for c in phase][:k]:
+            redis_client.execute_command(*command)
+
+        async def read(store: RedisStore = store) -> tuple[dict[str, Any], list[str], Any]:
+            await started(store)
+            try:
+                loaded = await store.load_states(list(states))
+                far = START_AT + timedelta(days=3650)
+                return loaded, await store.due_customers(0, far), await store.load_partition(0)
+            finally:
+                await store.close()
+
+        loaded, due_now, meta = run(read())
+        assert set(loaded) <= set(due_now), (k, commands[k - 1][0] if k else None)
+        if meta.last_offset is not None:
+            assert set(states) == set(loaded), k

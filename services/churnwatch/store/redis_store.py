@@ -483,7 +483,8 @@ class RedisStore:
             opened = [x for cid, at in sorted(newest.items()) for x in (at, cid)]
             part.append(("ZADD", keys.open_alerts(p), "GT", *opened))
         meta = batch.meta
-        part.append(
+        last: list[Command] = []
+        last.append(
             (
                 "HSET",
                 keys.meta(p),
@@ -496,7 +497,12 @@ class RedisStore:
                 *(x for k, v in sorted(meta.sources.items()) for x in (SOURCE_FIELD + k, str(v))),
             )
         )
-        return outbox, states, part
+        # The due, risk and open-alert sets go with the outbox, before the states: a write cut
+        # short after a state (Redis stopped mid-pipeline) must not leave that state without
+        # its due entry, since the retry skips the state's events as applied and would never
+        # write it again; an entry ahead of its state is harmless (the sweep recomputes the
+        # due time from the state it loads). All of these are partition keys: one node.
+        return [*outbox, *part], states, last
 
     def _order_commands(
         self,
@@ -551,14 +557,15 @@ class RedisStore:
 
     async def write_batch(self, batch: BatchWrite) -> None:
         """
-        Write one batch: outbox entries first, then the states with their applied offsets,
-        the due and risk sets, and the partition meta last; then wait for the AOF fsync
-        (WAITAOF) when the server supports it.
+        Write one batch: outbox entries and the partition's due, risk and open-alert sets
+        first, then the states with their applied offsets and score histories, and the
+        partition meta last; then wait for the AOF fsync (WAITAOF) when the server supports it.
 
         On one server this is one pipeline (one round trip): the server applies it in order,
-        so whatever prefix survives a crash, the meta is never ahead of the states nor the
-        states ahead of the outbox. A cluster applies a pipeline per node in parallel, so
-        there the three groups go in three pipelines, one after the other.
+        so whatever prefix survives a crash or a shutdown, the meta is never ahead of the
+        states, nor a state ahead of the outbox or of its due entry. A cluster applies a
+        pipeline per node in parallel, so there the three groups go in three pipelines, one
+        after the other.
 
         Raises:
             StoreUnavailableError: Redis failed, or WAITAOF did not confirm the fsync in time.
@@ -597,7 +604,8 @@ class RedisStore:
                 pipe.execute_command(*command)
             # WAITAOF waits for the writes of its own connection: one per node written in this
             # phase, queued after them (a node's commands share one connection). The partition
-            # node's wait in the last phase covers the outbox written there in the first.
+            # node's wait in the last phase covers the outbox and the sets written there in the
+            # first.
             nodes: dict[str, ClusterNode] = {}
             if self._waitaof and i > 0:
                 for command in phase:

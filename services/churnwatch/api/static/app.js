@@ -573,7 +573,8 @@ async function sendFeedback(item, verdict) {
       ? `Verdict saved: ${verdictLabel(answer.verdict)}.`
       : `The verdict was already ${verdictLabel(answer.verdict)}; nothing changed.`;
   } catch (err) {
-    el.status.textContent = "The verdict was not saved.";
+    // In the status line too: the error banner is cleared by the next poll that succeeds.
+    el.status.textContent = `The verdict was not saved: ${err.message}`;
     showError(`Could not save the verdict: ${err.message}`);
   } finally {
     for (const button of buttons) button.disabled = false;
