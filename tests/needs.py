@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from typing import NoReturn
+import subprocess
+from typing import Any, NoReturn
 
 import pytest
 
@@ -46,3 +47,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def end(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """
+    Stops a server a test started, by its PID: SIGTERM, then SIGKILL if it has not exited
+    within `timeout` seconds.
+    """
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -42,18 +43,25 @@ def redis_url() -> str:
     return _address("CHURNWATCH_TEST_REDIS")
 
 
-@pytest.fixture(scope="session")
-def kafka_admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
-    """
-    One kafka-python admin client for the session.
-    """
+@contextmanager
+def admin_client(bootstrap: str) -> Iterator[KafkaAdminClient]:
+    """A kafka-python admin client on `bootstrap`, closed at the end."""
     admin = KafkaAdminClient(
-        bootstrap_servers=kafka_bootstrap, client_id="churnwatch-it", request_timeout_ms=10_000
+        bootstrap_servers=bootstrap, client_id="churnwatch-it", request_timeout_ms=10_000
     )
     try:
         yield admin
     finally:
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
+    """
+    One kafka-python admin client for the session.
+    """
+    with admin_client(kafka_bootstrap) as admin:
+        yield admin
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,28 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
-from test_stream import Stack, TopicReader, alerts_on_topic, assert_equals_replay, replay
+from test_stream import (
+    SIM,
+    Proc,
+    Processes,
+    Progress,
+    Stack,
+    TopicReader,
+    alerts_on_topic,
+    assert_equals_replay,
+    publish,
+    replay,
+    start_learner,
+    start_worker,
+    wait_until,
+)
 
 from churnwatch.core.alerts import alert_to_json
 from churnwatch.sdk.producer import EventProducer, PublishSummary, publish_records
+from churnwatch.sim import Simulation
 
 
 @dataclass
@@ -72,6 +88,41 @@ class PacedPublisher:
         assert self.summary.stopped is None, self.summary.stopped
         assert self.summary.sent == len(self.records), self.summary
         return self.summary
+
+
+class Underway(NamedTuple):
+    """A stream a third applied: what a fault scenario strikes into (`a_third_applied`)."""
+
+    records: list[bytes]
+    learner: Proc
+    worker: Proc
+    progress: Progress
+    """Closed by the caller."""
+
+
+def a_third_applied(stack: Stack, processes: Processes) -> Underway:
+    """
+    The simulated stream (SIM) published, the learner and one worker started, and a third of
+    the events applied, but not all: the moment an outage scenario cuts a service.
+    """
+    records = list(Simulation(SIM).records())
+    sent = publish(stack, records)
+    learner = start_learner(processes, stack)
+    worker = start_worker(processes, stack, "worker")
+    progress = Progress(stack)
+    try:
+        wait_until(
+            lambda: progress.applied() >= sent // 3,
+            60,
+            "a third of the events applied",
+            processes,
+            every=0.05,
+        )
+        assert progress.applied() < sent, "the fault would come too late to test anything"
+    except BaseException:
+        progress.close()
+        raise
+    return Underway(records, learner, worker, progress)
 
 
 def dead_letters(stack: Stack) -> list[dict[str, object]]:

@@ -28,20 +28,15 @@ from pathlib import Path
 import pytest
 import test_stream
 from kafka.admin import KafkaAdminClient
-from oracle import check_against_replay
+from oracle import a_third_applied, check_against_replay
 from test_stream import (
-    SIM,
     Processes,
-    Progress,
     Stack,
-    publish,
-    start_learner,
-    start_worker,
     wait_until,
 )
 
-from churnwatch.sim import Simulation
-from needs import free_port, unavailable
+from needs import end, free_port, unavailable
+from services import admin_client
 
 stack = test_stream.stack
 processes = test_stream.processes
@@ -156,12 +151,7 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
         yield forwarder
     finally:
         forwarder.cut()
-        broker.terminate()
-        try:
-            broker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait(timeout=15)
+        end(broker)
         log.close()
 
 
@@ -173,13 +163,8 @@ def kafka_bootstrap(proxy: Proxy) -> str:
 
 @pytest.fixture
 def kafka_admin(kafka_bootstrap: str) -> Iterator[KafkaAdminClient]:
-    admin = KafkaAdminClient(
-        bootstrap_servers=kafka_bootstrap, client_id="churnwatch-it", request_timeout_ms=10_000
-    )
-    try:
+    with admin_client(kafka_bootstrap) as admin:
         yield admin
-    finally:
-        admin.close()
 
 
 def test_workers_reconnect_after_the_broker_was_unreachable_and_end_with_the_replay(
@@ -202,20 +187,8 @@ def test_five_runs_in_a_row_of_a_broker_outage(
 
 
 def outage(stack: Stack, processes: Processes, proxy: Proxy) -> None:
-    records = list(Simulation(SIM).records())
-    sent = publish(stack, records)
-    learner = start_learner(processes, stack)
-    worker = start_worker(processes, stack, "worker")
-    progress = Progress(stack)
+    records, learner, worker, progress = a_third_applied(stack, processes)
     try:
-        wait_until(
-            lambda: progress.applied() >= sent // 3,
-            60,
-            "a third of the events applied",
-            processes,
-            every=0.05,
-        )
-        assert progress.applied() < sent, "cut the broker too late to test anything"
         proxy.cut()
         time.sleep(OUTAGE_SECONDS)  # the outage itself: nothing to wait for
         assert worker.alive(), worker.tail()

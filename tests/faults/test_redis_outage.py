@@ -33,21 +33,15 @@ import orjson
 import pytest
 import redis
 import test_stream
-from oracle import check_against_replay, dead_letters
+from oracle import a_third_applied, check_against_replay, dead_letters
 from test_stream import (
-    SIM,
     Processes,
-    Progress,
     Stack,
-    publish,
     replay,
-    start_learner,
-    start_worker,
     wait_until,
 )
 
 from churnwatch.core.features import to_dict
-from churnwatch.sim import Simulation
 from needs import free_port, require_binaries
 
 stack = test_stream.stack
@@ -170,21 +164,9 @@ def test_five_runs_in_a_row_of_a_redis_outage(
     outage(stack, processes, own_redis, ("sigterm", "sigkill", "crash")[run % 3])
 
 
-def outage(stack: Stack, processes: Processes, own_redis: RedisServer, how: signal.Signals) -> None:
-    records = list(Simulation(SIM).records())
-    sent = publish(stack, records)
-    learner = start_learner(processes, stack)
-    worker = start_worker(processes, stack, "worker")
-    progress = Progress(stack)
+def outage(stack: Stack, processes: Processes, own_redis: RedisServer, how: str) -> None:
+    records, learner, worker, progress = a_third_applied(stack, processes)
     try:
-        wait_until(
-            lambda: progress.applied() >= sent // 3,
-            60,
-            "a third of the events applied",
-            processes,
-            every=0.05,
-        )
-        assert progress.applied() < sent, "stopped Redis too late to test anything"
         assert (200, "ok") == (lambda h: (h[0], h[1]["status"]))(healthz(worker.metrics_port))
         own_redis.stop(how)
         started = time.monotonic()

@@ -28,7 +28,7 @@ from churnwatch.core.rules import default_rules
 from churnwatch.core.state import CustomerState
 from churnwatch.store import BatchWrite, OutboxEntry, PartitionMeta, RedisStore, StoreSettings
 from churnwatch.store.redis_store import version_tuple, waitaof_reason
-from needs import free_port, require_binaries
+from needs import end, free_port, require_binaries
 
 T = TypeVar("T")
 # Every wait in this file is bounded by one of these.
@@ -156,12 +156,7 @@ def password_redis(tmp_path: Path) -> Iterator[tuple[int, str, subprocess.Popen[
         client.close()
         yield port, password, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        end(proc, timeout=10)
         log.close()
 
 

@@ -281,28 +281,14 @@ class WorkerRuntime:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         kafka = self.settings.kafka
-        options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+        options = kafka.kafka_kwargs()  # the sdk's mapping of the settings (SASL included)
+        cafile = options.pop("ssl_cafile", None)  # aiokafka takes an SSL context instead
         if kafka.security_protocol != "PLAINTEXT":
-            options["ssl_context"] = ssl.create_default_context(
-                cafile=None if kafka.ssl_cafile is None else str(kafka.ssl_cafile)
-            )
-        if kafka.security_protocol.startswith("SASL"):
-            options |= {
-                "sasl_mechanism": kafka.sasl_mechanism,
-                "sasl_plain_username": kafka.sasl_username,
-                "sasl_plain_password": (
-                    kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-                ),
-            }
+            options["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        options["client_id"] = f"{kafka.client_id}-reread"
+        options["request_timeout_ms"] = int(self.settings.request_timeout * 1000)
         tp = TopicPartition(self.topics.events, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers(),
-            client_id=f"{kafka.client_id}-reread",
-            group_id=None,
-            enable_auto_commit=False,
-            request_timeout_ms=int(self.settings.request_timeout * 1000),
-            **options,
-        )
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **options)
         found: list[Record] = []
         deadline = time.monotonic() + self.settings.request_timeout
         await consumer.start()

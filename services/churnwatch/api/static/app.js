@@ -5,6 +5,7 @@
 // Data from the API is written with textContent only, never as HTML.
 
 import { askForToken, authHeaders, forgetToken } from "./auth.js";
+import { h, svg } from "./dom.js";
 
 const API = "/api/v1";
 const DEFAULT_PAGE_SIZE = 50;
@@ -18,7 +19,6 @@ const VERDICTS = [
   ["lost", "lost"],
 ];
 const VERDICT_LABELS = new Map(VERDICTS);
-const SVG_NS = "http://www.w3.org/2000/svg";
 
 const PAGE_QUERY = new URLSearchParams(window.location.search);
 const REFRESH_MS = readRefresh(PAGE_QUERY.get("refresh"));
@@ -58,29 +58,6 @@ function readPageSize(raw) {
   const size = Number.parseInt(raw || "", 10);
   if (!Number.isFinite(size) || size < 1) return DEFAULT_PAGE_SIZE;
   return Math.min(MAX_PAGE_SIZE, size);
-}
-
-/** Builds an element: h("td", {class: "num"}, "42", child, ...). Strings become text. */
-function h(tag, attrs = {}, ...children) {
-  return build(document.createElement(tag), attrs, children);
-}
-
-function svg(tag, attrs = {}, ...children) {
-  return build(document.createElementNS(SVG_NS, tag), attrs, children);
-}
-
-function build(node, attrs, children) {
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined && value !== false) {
-      node.setAttribute(name, value === true ? "" : String(value));
-    }
-  }
-  for (const child of children.flat()) {
-    if (child !== null && child !== undefined && child !== false) {
-      node.append(typeof child === "string" ? document.createTextNode(child) : child);
-    }
-  }
-  return node;
 }
 
 const percent = (p) => (typeof p === "number" ? `${Math.round(p * 100)}%` : "—");

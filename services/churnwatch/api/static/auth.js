@@ -2,6 +2,8 @@
 // it runs with CHURNWATCH_API_AUTH=off; when it answers 401 the page asks the user for a token,
 // keeps it for this browser tab only (sessionStorage) and sends it with every call after.
 
+import { h } from "./dom.js";
+
 const KEY = "churnwatch-token";
 let onToken = null;
 
@@ -15,28 +17,21 @@ export function askForToken(message, then) {
   onToken = then;
   let form = document.getElementById("token-form");
   if (!form) {
-    form = document.createElement("form");
-    form.id = "token-form";
-    form.className = "token-form";
-    form.setAttribute("data-testid", "token-form");
-    const label = document.createElement("label");
-    label.htmlFor = "token";
-    label.textContent = "API token ";
-    const input = document.createElement("input");
-    input.id = "token";
-    input.name = "token";
-    input.type = "password";
-    input.autocomplete = "off";
-    input.setAttribute("data-testid", "token");
-    label.append(input);
-    const button = document.createElement("button");
-    button.type = "submit";
-    button.textContent = "Use this token";
-    const said = document.createElement("p");
-    said.id = "token-message";
-    said.className = "definition";
-    said.setAttribute("data-testid", "token-message");
-    form.append(said, label, " ", button);
+    const input = h("input", {
+      id: "token",
+      name: "token",
+      type: "password",
+      autocomplete: "off",
+      "data-testid": "token",
+    });
+    form = h(
+      "form",
+      { id: "token-form", class: "token-form", "data-testid": "token-form" },
+      h("p", { id: "token-message", class: "definition", "data-testid": "token-message" }),
+      h("label", { for: "token" }, "API token ", input),
+      " ",
+      h("button", { type: "submit" }, "Use this token"),
+    );
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const token = input.value.trim();

@@ -3,11 +3,11 @@
 // JSON text changed. Plain ES2020, no build step; data is written with textContent only.
 
 import { askForToken, authHeaders, forgetToken } from "./auth.js";
+import { h, svg } from "./dom.js";
 
 const API = "/api/v1/overview";
 const DEFAULT_REFRESH_MS = 10000;
 const MIN_REFRESH_MS = 100;
-const SVG_NS = "http://www.w3.org/2000/svg";
 const VERDICT_COLUMNS = ["open", "useful", "false_alarm", "saved", "lost"];
 
 const query = new URLSearchParams(window.location.search);
@@ -27,20 +27,6 @@ const el = {
   alertsBody: document.getElementById("alerts-body"),
   definitions: document.getElementById("definitions"),
 };
-
-function make(node, attrs, children) {
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined && value !== false) node.setAttribute(name, String(value));
-  }
-  for (const child of children.flat()) {
-    if (child !== null && child !== undefined && child !== false) {
-      node.append(typeof child === "string" ? document.createTextNode(child) : child);
-    }
-  }
-  return node;
-}
-const h = (tag, attrs = {}, ...children) => make(document.createElement(tag), attrs, children);
-const svg = (tag, attrs = {}, ...children) => make(document.createElementNS(SVG_NS, tag), attrs, children);
 
 const count = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "—");
 const money = (n) =>
